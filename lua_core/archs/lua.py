@@ -1,0 +1,605 @@
+"""LUA, the Latent Upscaler Adapter (arXiv 2511.10629), as released with the FLUX weights.
+
+A SwinIR-style trunk shared across scales and one pixel-shuffle head per scale. Submodule names
+mirror the released state dict, so official files load strictly, parameter for parameter. The two
+buffers of the official files whose shape depends on the training size (``relative_position_index``
+and ``attn_mask``) are not stored here: they are rebuilt for whatever size comes in.
+
+The forward is written for inference at any size with bounded memory, and gives the official
+numbers (fp32, within 1e-4):
+
+* every Swin block works in a window-partitioned layout, where windows, LayerNorms and the MLP are
+  independent per window, so they run in chunks of windows written back in place;
+* the relative-position bias is broadcast over windows instead of being repeated per window and
+  per batch item, and the shift mask is not materialised at all: in the rolled frame only the last
+  row and the last column of windows see more than one region, so windows are processed in four
+  groups, each with one ``(heads, N, N)`` additive bias;
+* the convolutions of the heads (and the trunk's) can run in bands of rows with the halo each band
+  needs, which is where memory goes at x4 (the head holds 4 * num_feat channels at twice the size).
+
+A plain, differentiable path (no in-place writes) is used whenever autograd records, so the same
+module trains (see ``lua_core.train``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import LatentUpscaler, StateDict
+
+RGB_MEAN = (0.4488, 0.4371, 0.4040)  # SwinIR's input mean, used only when in_chans == 3
+
+# Constructor arguments of the official class that only matter for training or are fixed.
+_IGNORED_KEYS = {"drop_rate", "attn_drop_rate", "drop_path_rate", "use_checkpoint", "norm_layer",
+                 "upsampler", "upscale"}
+_FIXED_KEYS = {"patch_size": 1, "ape": False}
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """One output head: ``scale`` is 2**n (n pixel-shuffle steps) or 3."""
+
+    name: str
+    scale: int
+    out_chans: int
+    num_feat: int | None = None  # None: the model's head_num_feat
+    primary: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"name": self.name, "scale": self.scale, "out_chans": self.out_chans}
+        if self.num_feat is not None:
+            d["num_feat"] = self.num_feat
+        if self.primary:
+            d["primary"] = True
+        return d
+
+
+@dataclass(frozen=True)
+class LUAConfig:
+    """The official constructor's arguments that shape the weights (same names as upstream)."""
+
+    in_chans: int = 16
+    embed_dim: int = 360
+    depths: tuple[int, ...] = (6, 6, 6, 6, 6, 6)
+    num_heads: tuple[int, ...] = (12, 12, 12, 12, 12, 12)
+    window_size: int = 16
+    img_size: int = 32
+    mlp_ratio: float = 2.0
+    resi_connection: str = "1conv"
+    img_range: float = 1.0
+    head_num_feat: int = 256
+    heads: tuple[HeadConfig, ...] = field(default_factory=lambda: (
+        HeadConfig("x2", 2, 16), HeadConfig("x4", 4, 16, primary=True)))
+    primary_head: str | None = "x4"
+    qkv_bias: bool = True
+    qk_scale: float | None = None
+    patch_norm: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if len(self.depths) != len(self.num_heads) or not self.depths:
+            problems.append(f"depths {list(self.depths)} and num_heads {list(self.num_heads)} must be "
+                            "non-empty lists of the same length")
+        for h in self.num_heads:
+            if h <= 0 or self.embed_dim % h:
+                problems.append(f"embed_dim {self.embed_dim} is not divisible by num_heads {h}")
+        if self.resi_connection not in ("1conv", "3conv"):
+            problems.append(f"resi_connection must be '1conv' or '3conv', not {self.resi_connection!r}")
+        if self.window_size < 1 or self.img_size < 1:
+            problems.append("window_size and img_size must be positive")
+        if not self.heads:
+            problems.append("a LUA model needs at least one head")
+        names = [h.name for h in self.heads]
+        if len(set(names)) != len(names):
+            problems.append(f"head names must be unique, got {names}")
+        for h in self.heads:
+            if not _upsample_steps(h.scale):
+                problems.append(f"head {h.name!r}: scale {h.scale} is not 3 or a power of two >= 2")
+        if self.ws_eff != self.window_size and self.window_size % self.ws_eff:
+            problems.append(f"img_size {self.img_size} must divide window_size {self.window_size}")
+        if problems:
+            raise ValueError("invalid LUA config: " + "; ".join(problems))
+
+    # The official construction shortcut: when img_size <= window_size the window shrinks to
+    # img_size and no block is shifted (FORMAT.md, "Caveat").
+    @property
+    def ws_eff(self) -> int:
+        return min(self.window_size, self.img_size)
+
+    @property
+    def shift(self) -> int:
+        return 0 if self.img_size <= self.window_size else self.window_size // 2
+
+    def head(self, name: str) -> HeadConfig:
+        return next(h for h in self.heads if h.name == name)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["depths"], d["num_heads"] = list(self.depths), list(self.num_heads)
+        d["heads"] = [h.to_dict() for h in self.heads]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> LUAConfig:
+        """Build from the official constructor kwargs (or ``to_dict`` output)."""
+        d = dict(d)
+        for k, fixed in _FIXED_KEYS.items():
+            if k in d and d.pop(k) != fixed:
+                raise ValueError(f"invalid LUA config: {k}={d.get(k)!r} is not supported (only {fixed!r})")
+        for k in _IGNORED_KEYS:
+            d.pop(k, None)
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"invalid LUA config: unknown fields {unknown}")
+        if "heads" in d:
+            d["heads"] = tuple(h if isinstance(h, HeadConfig) else HeadConfig(**h) for h in d["heads"])
+        for k in ("depths", "num_heads"):
+            if k in d:
+                d[k] = tuple(int(v) for v in d[k])
+        return cls(**d)
+
+
+def released_flux_config() -> LUAConfig:
+    """The config of ``vaskers5/LUA-FLUX`` ``lua_flux.pth`` (54.9M parameters)."""
+    return LUAConfig()
+
+
+def _upsample_steps(scale: int) -> list[int]:
+    """Pixel-shuffle factors of a head: [2]*n for 2**n, [3] for 3, [] if unsupported."""
+    if scale == 3:
+        return [3]
+    if scale >= 2 and scale & (scale - 1) == 0:
+        return [2] * int(math.log2(scale))
+    return []
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks (names match the state-dict keys)
+# --------------------------------------------------------------------------------------------
+
+def relative_position_index(ws: int) -> torch.Tensor:
+    """(N, N) index into the (2ws-1)^2-row bias table; tokens numbered row by row."""
+    ys, xs = torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    dy = ys[:, None] - ys[None, :] + ws - 1
+    dx = xs[:, None] - xs[None, :] + ws - 1
+    return dy * (2 * ws - 1) + dx
+
+
+def _region_labels(ws: int, shift: int, last: bool) -> torch.Tensor:
+    """Region label (0, 1, 2) of each of the ws positions along one axis of a window.
+
+    In the rolled frame the bands are [0, L-ws), [L-ws, L-shift), [L-shift, L): every window but
+    the last along an axis lies in band 0; the last one holds bands 1 and 2.
+    """
+    if not last:
+        return torch.zeros(ws, dtype=torch.long)
+    return (torch.arange(ws) >= ws - shift).long() + 1
+
+
+def shift_mask(ws: int, shift: int, last_row: bool, last_col: bool) -> torch.Tensor:
+    """(N, N) additive mask of one window kind: -100 between tokens of different regions."""
+    r = _region_labels(ws, shift, last_row)
+    c = _region_labels(ws, shift, last_col)
+    labels = (r[:, None] * 3 + c[None, :]).flatten()
+    return (labels[:, None] != labels[None, :]).float() * -100.0
+
+
+def _conv_block(ch: int, resi_connection: str) -> nn.Module:
+    if resi_connection == "1conv":
+        return nn.Conv2d(ch, ch, 3, 1, 1)
+    q = ch // 4
+    return nn.Sequential(nn.Conv2d(ch, q, 3, 1, 1), nn.LeakyReLU(0.2, inplace=True),
+                         nn.Conv2d(q, q, 1, 1, 0), nn.LeakyReLU(0.2, inplace=True),
+                         nn.Conv2d(q, ch, 3, 1, 1))
+
+
+class WindowAttention(nn.Module):
+    def __init__(self, dim: int, ws: int, num_heads: int, qkv_bias: bool, qk_scale: float | None):
+        super().__init__()
+        self.ws, self.num_heads = ws, num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale if qk_scale is not None else self.head_dim ** -0.5
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * ws - 1) ** 2, num_heads))
+        self.register_buffer("relative_position_index", relative_position_index(ws), persistent=False)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def position_bias(self) -> torch.Tensor:
+        """(heads, N, N) relative-position bias of this block."""
+        n = self.ws * self.ws
+        table = self.relative_position_bias_table
+        return table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """x: (..., N, C) windows; bias broadcastable to (..., heads, N, N)."""
+        *lead, n, c = x.shape
+        qkv = self.qkv(x).view(*lead, n, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.movedim(-3, 0).transpose(-3, -2).unbind(0)  # each (..., heads, N, hd)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
+        return self.proj(out.transpose(-3, -2).reshape(*lead, n, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()  # exact (erf) form, as released
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SwinBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, ws: int, shift: int, cfg: LUAConfig):
+        super().__init__()
+        self.ws, self.shift = ws, shift
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, ws, num_heads, cfg.qkv_bias, cfg.qk_scale)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
+
+    def _window_step(self, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Attention + MLP (pre-norm, residual) on windows w: (..., N, C)."""
+        lead = w.shape[:-2]
+        w = w.reshape(-1, *w.shape[-2:])
+        w = w + self.attn(self.norm1(w), bias)
+        return (w + self.mlp(self.norm2(w))).view(*lead, *w.shape[-2:])
+
+    def forward(self, t: torch.Tensor, chunk_windows: int | None = None) -> torch.Tensor:
+        """t: (B, H, W, C) with H, W multiples of the window size. Returns the same shape."""
+        b, h, w, c = t.shape
+        ws, s = self.ws, self.shift
+        nh, nw = h // ws, w // ws
+        if s:
+            t = torch.roll(t, shifts=(-s, -s), dims=(1, 2))
+        # (B, nh, nw, N, C): windows in row-major order, tokens row-major inside a window
+        win = t.view(b, nh, ws, nw, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, nh, nw, ws * ws, c)
+        if not s and win.data_ptr() == t.data_ptr():  # a view (nw == 1): never write into the input
+            win = win.clone()
+        groups = self._groups(nh, nw, self.attn.position_bias())
+        if torch.is_grad_enabled():
+            win = self._assembled(win, groups)
+        else:
+            self._chunked_(win, groups, chunk_windows)
+        t = win.view(b, nh, nw, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
+        if s:
+            t = torch.roll(t, shifts=(s, s), dims=(1, 2))
+        return t
+
+    def _groups(self, nh: int, nw: int, pos: torch.Tensor) -> list[tuple[slice, slice, torch.Tensor]]:
+        """Window groups sharing one additive bias: all windows when unshifted, else up to 4 kinds
+        (interior, last column, last row, corner) in row-major order of their slices."""
+        if not self.shift:
+            return [(slice(0, nh), slice(0, nw), pos)]
+        out = []
+        for last_row, rows in ((False, slice(0, nh - 1)), (True, slice(nh - 1, nh))):
+            for last_col, cols in ((False, slice(0, nw - 1)), (True, slice(nw - 1, nw))):
+                if rows.stop > rows.start and cols.stop > cols.start:
+                    mask = shift_mask(self.ws, self.shift, last_row, last_col).to(pos.device, pos.dtype)
+                    out.append((rows, cols, pos + mask))
+        return out
+
+    def _assembled(self, win: torch.Tensor, groups: list[tuple[slice, slice, torch.Tensor]]) -> torch.Tensor:
+        """Differentiable path: each group out of place, then stitched back together."""
+        rows: dict[int, list[torch.Tensor]] = {}
+        for rs, cs, bias in groups:
+            rows.setdefault(rs.start, []).append(self._window_step(win[:, rs, cs], bias))
+        return torch.cat([torch.cat(parts, dim=2) for _, parts in sorted(rows.items())], dim=1)
+
+    def _chunked_(self, win: torch.Tensor, groups: list[tuple[slice, slice, torch.Tensor]],
+                  chunk_windows: int | None) -> None:
+        """Inference path: in place, group by group, at most chunk_windows windows at a time."""
+        b = win.shape[0]
+        for rows, cols, bias in groups:
+            per_row = cols.stop - cols.start
+            per_item = (rows.stop - rows.start) * per_row
+            if chunk_windows is None or chunk_windows >= b * per_item:
+                steps: Iterator[tuple[slice, slice]] = iter([(slice(0, b), rows)])
+            elif chunk_windows >= per_item:
+                bc = chunk_windows // per_item
+                steps = ((slice(i, min(i + bc, b)), rows) for i in range(0, b, bc))
+            else:
+                rc = max(1, chunk_windows // per_row)
+                steps = ((slice(i, i + 1), slice(r, min(r + rc, rows.stop)))
+                         for i in range(b) for r in range(rows.start, rows.stop, rc))
+            for bs, rs in steps:
+                win[bs, rs, cols] = self._window_step(win[bs, rs, cols], bias)
+
+
+class BasicLayer(nn.Module):
+    def __init__(self, dim: int, depth: int, num_heads: int, cfg: LUAConfig):
+        super().__init__()
+        ws, shift = cfg.ws_eff, cfg.shift
+        self.blocks = nn.ModuleList(
+            [SwinBlock(dim, num_heads, ws, 0 if j % 2 == 0 else shift, cfg) for j in range(depth)])
+
+
+class ResidualGroup(nn.Module):
+    """RSTB: blocks, then a conv on the image, plus the group input."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, cfg: LUAConfig):
+        super().__init__()
+        self.residual_group = BasicLayer(dim, depth, num_heads, cfg)
+        self.conv = _conv_block(dim, cfg.resi_connection)
+
+
+class PatchEmbed(nn.Module):
+    """Only the (optional) LayerNorm of the official patch embedding has weights."""
+
+    def __init__(self, dim: int, patch_norm: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim) if patch_norm else nn.Identity()
+
+
+class Head(nn.Module):
+    """conv + LeakyReLU, then (conv to f*f*num_feat, PixelShuffle(f)) per step, then conv_last."""
+
+    def __init__(self, embed_dim: int, num_feat: int, scale: int, out_chans: int):
+        super().__init__()
+        self.scale = scale
+        self.conv_before = nn.Sequential(nn.Conv2d(embed_dim, num_feat, 3, 1, 1), nn.LeakyReLU(inplace=True))
+        ups: list[nn.Module] = []
+        for f in _upsample_steps(scale):
+            ups += [nn.Conv2d(num_feat, f * f * num_feat, 3, 1, 1), nn.PixelShuffle(f)]
+        self.upsample = nn.Sequential(*ups)
+        self.conv_last = nn.Conv2d(num_feat, out_chans, 3, 1, 1)
+        # rows of input context one output row depends on: one per 3x3 conv, rounded up
+        self.halo = 2 + len(ups) // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_last(self.upsample(self.conv_before(x)))
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ForwardPlan:
+    """How to bound memory in one forward; None everywhere = everything at once.
+
+    ``chunk_windows``: windows per attention/MLP step; ``head_rows``: latent rows per head band;
+    ``conv_rows``: rows per band of the trunk's 3x3 convolutions.
+    """
+
+    chunk_windows: int | None = None
+    head_rows: int | None = None
+    conv_rows: int | None = None
+
+    def halved(self, shape: tuple[int, ...]) -> ForwardPlan | None:
+        """The next smaller plan after an out-of-memory error, or None when nothing is left to halve."""
+        b, _, h, w = shape
+        cw = self.chunk_windows if self.chunk_windows is not None else b * h * w
+        hr = self.head_rows if self.head_rows is not None else h
+        cr = self.conv_rows if self.conv_rows is not None else h
+        if cw <= 1 and hr <= 1 and cr <= 1:
+            return None
+        return replace(self, chunk_windows=max(1, cw // 2), head_rows=max(1, hr // 2),
+                       conv_rows=max(1, cr // 2))
+
+
+def conv_in_bands(module: nn.Module, x: torch.Tensor, rows: int | None, halo: int,
+                  out_scale: int = 1, out_rows: int | None = None) -> torch.Tensor:
+    """Apply a stack of same-padded convs (and pixel shuffles) band by band along H, exactly.
+
+    Each band of ``rows`` input rows is run with ``halo`` rows of real context on each side
+    (clipped at the image edge, where the conv's own zero padding is the true one) and the rows
+    that depended on the cut are dropped. ``out_rows`` limits the input rows produced (a crop).
+    """
+    h = x.shape[-2] if out_rows is None else out_rows
+    if rows is None or rows >= h and out_rows is None:
+        return module(x)
+    rows = max(1, rows if rows is not None else h)
+    parts = []
+    for a in range(0, h, rows):
+        b = min(a + rows, h)
+        ea, eb = max(0, a - halo), min(x.shape[-2], b + halo)
+        y = module(x[..., ea:eb, :])
+        parts.append(y[..., (a - ea) * out_scale:(b - ea) * out_scale, :])
+    return torch.cat(parts, dim=-2)
+
+
+def reflect_pad(x: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
+    """Pad bottom/right by reflection, as the official wrapper does, for any size.
+
+    ``F.pad(mode="reflect")`` needs pad < size, so the official code fails for sides <= ws/2.
+    Where it works this gives the same result; beyond that it keeps reflecting back and forth
+    (numpy's "reflect" for large pads), and a side of 1 is repeated.
+    """
+    if pad_h == 0 and pad_w == 0:
+        return x
+    h, w = x.shape[-2:]
+    if pad_h < h and pad_w < w:
+        return F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
+
+    def idx(n: int, pad: int) -> torch.Tensor:
+        i = torch.arange(n + pad)
+        if n == 1:
+            return torch.zeros_like(i)
+        period = 2 * (n - 1)
+        m = i % period
+        return torch.where(m < n, m, period - m).to(x.device)
+
+    return x.index_select(-2, idx(h, pad_h)).index_select(-1, idx(w, pad_w))
+
+
+class LUA(LatentUpscaler):
+    family = "lua"
+
+    def __init__(self, config: LUAConfig | None = None):
+        super().__init__()
+        cfg = config or released_flux_config()
+        self.config = cfg
+        e = cfg.embed_dim
+        self.conv_first = nn.Conv2d(cfg.in_chans, e, 3, 1, 1)
+        self.patch_embed = PatchEmbed(e, cfg.patch_norm)
+        self.layers = nn.ModuleList(
+            [ResidualGroup(e, d, h, cfg) for d, h in zip(cfg.depths, cfg.num_heads)])
+        self.norm = nn.LayerNorm(e)
+        self.conv_after_body = _conv_block(e, cfg.resi_connection)
+        self.heads = nn.ModuleDict({h.name: Head(e, h.num_feat or cfg.head_num_feat, h.scale, h.out_chans)
+                                    for h in cfg.heads})
+        mean = RGB_MEAN if cfg.in_chans == 3 else (0.0,) * cfg.in_chans
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.gradient_checkpointing = False
+
+    # -- interface ----------------------------------------------------------------------------
+    @property
+    def latent_channels(self) -> int:
+        return self.config.in_chans
+
+    @property
+    def native_scales(self) -> frozenset[float]:
+        return frozenset(float(h.scale) for h in self.config.heads)
+
+    def config_dict(self) -> dict[str, Any]:
+        return self.config.to_dict()
+
+    def head_for(self, scale: float) -> str:
+        for h in self.config.heads:
+            if h.scale == scale:
+                return h.name
+        raise ValueError(f"this LUA model has no x{scale:g} head (heads: "
+                         + ", ".join(f"{h.name} (x{h.scale})" for h in self.config.heads) + ")")
+
+    def upscale(self, latent: torch.Tensor, scale: float, *, latent_format: str | None = None,
+                plan: ForwardPlan | None = None, **_: Any) -> torch.Tensor:
+        return self.forward(latent, self.head_for(scale), plan)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, head: str | None = None, plan: ForwardPlan | None = None) -> torch.Tensor:
+        """Official forward: reflect-pad to the window, trunk, head, crop. x: (B, C, H, W)."""
+        plan = plan or ForwardPlan()
+        name = head or self.config.primary_head or self.config.heads[0].name
+        hd = self.heads[name]
+        h, w = x.shape[-2:]
+        ws = self.config.window_size
+        x = reflect_pad(x, (ws - h % ws) % ws, (ws - w % ws) % ws)
+        mean = self.mean.to(x.dtype)
+        x = (x - mean) * self.config.img_range
+        feat = self.features(x, plan)
+        out = conv_in_bands(hd, feat, plan.head_rows, hd.halo, hd.scale, out_rows=h)
+        out = out[..., : h * hd.scale, : w * hd.scale]
+        return out / self.config.img_range + mean
+
+    def features(self, x: torch.Tensor, plan: ForwardPlan | None = None) -> torch.Tensor:
+        """Shallow + deep features with the long skip: (B, C, H, W) padded input -> (B, E, H, W)."""
+        plan = plan or ForwardPlan()
+        f0 = conv_in_bands(self.conv_first, x, plan.conv_rows, 1)
+        t = self.patch_embed.norm(f0.permute(0, 2, 3, 1))  # (B, H, W, E) tokens, row-major
+        for layer in self.layers:
+            res = t
+            for blk in layer.residual_group.blocks:
+                if self.gradient_checkpointing and torch.is_grad_enabled():
+                    t = torch.utils.checkpoint.checkpoint(blk, t, use_reentrant=False)
+                else:
+                    t = blk(t, plan.chunk_windows)
+            halo = 1 if self.config.resi_connection == "1conv" else 2
+            t = conv_in_bands(layer.conv, t.permute(0, 3, 1, 2), plan.conv_rows, halo).permute(0, 2, 3, 1) + res
+        t = self.norm(t).permute(0, 3, 1, 2)
+        halo = 1 if self.config.resi_connection == "1conv" else 2
+        return conv_in_bands(self.conv_after_body, t, plan.conv_rows, halo) + f0
+
+
+# --------------------------------------------------------------------------------------------
+# Recognising and building from a state dict
+# --------------------------------------------------------------------------------------------
+
+DERIVED_BUFFER_SUFFIXES = (".relative_position_index", ".attn_mask")
+
+
+def detect(sd: StateDict) -> bool:
+    return "conv_first.weight" in sd and any(k.startswith("heads.") for k in sd) and \
+        any(k.endswith(".attn.relative_position_bias_table") for k in sd)
+
+
+def infer_config(sd: StateDict) -> LUAConfig:
+    """Config from tensor shapes alone (for files that carry none).
+
+    Unknowable from weights and left at the released defaults: img_range (1.0) and qk_scale.
+    img_size comes from a stored attn_mask when there is one; otherwise 2 * window_size, which
+    gives the same outputs as any img_size > window_size.
+    """
+    def shape(key: str) -> tuple[int, ...]:
+        if key not in sd:
+            raise KeyError(key)
+        return tuple(sd[key].shape)
+
+    e, in_chans = shape("conv_first.weight")[:2]
+    depths, heads = [], []
+    i = 0
+    while f"layers.{i}.residual_group.blocks.0.norm1.weight" in sd:
+        j = 0
+        while f"layers.{i}.residual_group.blocks.{j}.norm1.weight" in sd:
+            j += 1
+        depths.append(j)
+        heads.append(shape(f"layers.{i}.residual_group.blocks.0.attn.relative_position_bias_table")[1])
+        i += 1
+    if not depths:
+        raise KeyError("layers.0.residual_group.blocks.0.norm1.weight")
+    rows = shape("layers.0.residual_group.blocks.0.attn.relative_position_bias_table")[0]
+    ws = (math.isqrt(rows) + 1) // 2
+    hidden = shape("layers.0.residual_group.blocks.0.mlp.fc1.weight")[0]
+    resi = "1conv" if "layers.0.conv.weight" in sd else "3conv"
+    img_size = 2 * ws
+    mask_key = next((k for k in sd if k.endswith(".attn_mask")), None)
+    shifted = mask_key is not None or not any(k.endswith(".relative_position_index") for k in sd)
+    if mask_key is not None:
+        img_size = math.isqrt(sd[mask_key].shape[0]) * ws
+    elif not shifted:  # index buffers stored but no mask: the img_size <= window_size shortcut
+        img_size = ws
+    head_names = sorted({k.split(".")[1] for k in sd if k.startswith("heads.")})
+    head_cfgs = []
+    head_nf = None
+    for name in head_names:
+        nf = shape(f"heads.{name}.conv_before.0.weight")[0]
+        head_nf = head_nf or nf
+        factors = []
+        k = 0
+        while f"heads.{name}.upsample.{k}.weight" in sd:
+            factors.append(math.isqrt(shape(f"heads.{name}.upsample.{k}.weight")[0] // nf))
+            k += 2
+        scale = math.prod(factors) if factors else 1
+        out = shape(f"heads.{name}.conv_last.weight")[0]
+        head_cfgs.append(HeadConfig(name, scale, out, None if nf == head_nf else nf))
+    primary = max(head_cfgs, key=lambda h: h.scale).name
+    head_cfgs = [replace(h, primary=h.name == primary) for h in head_cfgs]
+    return LUAConfig(in_chans=in_chans, embed_dim=e, depths=tuple(depths), num_heads=tuple(heads),
+                     window_size=ws, img_size=img_size, mlp_ratio=hidden / e, resi_connection=resi,
+                     head_num_feat=head_nf or 256, heads=tuple(head_cfgs), primary_head=primary,
+                     qkv_bias=any(k.endswith(".attn.qkv.bias") for k in sd),
+                     patch_norm="patch_embed.norm.weight" in sd)
+
+
+def build(sd: StateDict, config: dict[str, Any] | None, hints: dict[str, Any]) -> LUA:
+    """Build a LUA module from a state dict (derived buffers ignored) and an optional config."""
+    cfg = LUAConfig.from_dict(config) if config else infer_config(sd)
+    model = LUA(cfg)
+    params = {k: v for k, v in sd.items() if not k.endswith(DERIVED_BUFFER_SUFFIXES)}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(params))
+    unexpected = sorted(set(params) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(params) if tuple(expected[k].shape) != tuple(params[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} tensor(s) have the wrong shape (e.g. {k}: file "
+                         f"{tuple(params[k].shape)}, config {tuple(expected[k].shape)})")
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        raise ValueError("weights do not match the LUA config: " + "; ".join(parts))
+    model.load_state_dict(params, strict=True)
+    return model.eval().requires_grad_(False)

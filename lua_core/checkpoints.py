@@ -1,0 +1,228 @@
+"""Reading checkpoint files safely, saving safetensors with their config, converting pickles once.
+
+Nothing here builds a model: this layer turns a file into tensors + metadata (and back), and says
+clearly what is wrong with a file that cannot be read. Pickles are only ever read with
+``torch.load(weights_only=True)``, which refuses to run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import struct
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import CheckpointError
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+#: metadata keys written by ``save_checkpoint``
+META_FAMILY, META_CONFIG, META_SOURCE = "family", "config", "converted_from"
+#: a diffusers-style folder (LSSGen): weights + config.json
+DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
+# containers used by BasicSR-style trainers (the official LUA file uses params_ema)
+_CONTAINER_KEYS = ("params_ema", "params", "state_dict", "model")
+
+
+@dataclass
+class Checkpoint:
+    """Tensors read from a file, plus what the file says about itself."""
+
+    path: Path | None
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, str] = field(default_factory=dict)
+    config: dict[str, Any] | None = None
+
+    @property
+    def family(self) -> str | None:
+        return self.metadata.get(META_FAMILY)
+
+
+def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a .safetensors file, a weights-only pickle, or a diffusers folder (config.json + weights)."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(p, "does not exist.")
+    if p.is_dir():
+        return _read_diffusers_folder(p)
+    if p.stat().st_size == 0:
+        raise CheckpointError(p, "is empty (0 bytes): an interrupted download?", "Delete it and download it again.")
+    with open(p, "rb") as f:
+        head = f.read(8)
+    if p.suffix.lower() in SAFETENSORS_SUFFIXES or _looks_like_safetensors(p, head):
+        ckpt = _read_safetensors(p)
+        side = p.parent / "config.json"
+        if p.name == DIFFUSERS_WEIGHTS and side.is_file() and ckpt.config is None:
+            ckpt.config = _read_json(side)
+        return ckpt
+    return _read_pickle(p, head)
+
+
+def _looks_like_safetensors(p: Path, head: bytes) -> bool:
+    if len(head) < 8 or head[:2] == b"PK" or head[:1] == b"\x80":
+        return False
+    n = struct.unpack("<Q", head)[0]
+    return 2 <= n < p.stat().st_size
+
+
+def _read_safetensors(p: Path) -> Checkpoint:
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise CheckpointError(p, f"is truncated ({size} bytes): not even a safetensors header.",
+                                  "Delete it and download it again.")
+        n = struct.unpack("<Q", raw)[0]
+        if n > size - 8:
+            raise CheckpointError(
+                p, f"is truncated or not a safetensors file: its header claims {n} bytes but the file "
+                f"has {size}.", "If it is a partial download, delete it and download it again.")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise CheckpointError(p, "is not a safetensors file (its header is not JSON).") from None
+    end = max((int(v["data_offsets"][1]) for k, v in header.items()
+               if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
+    if 8 + n + end > size:
+        raise CheckpointError(p, f"is truncated: the tensors need {8 + n + end} bytes but the file has {size}.",
+                              "Delete it and download it again.")
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(p, f"could not be read as safetensors ({e}).") from None
+    config = None
+    if META_CONFIG in meta:
+        try:
+            config = json.loads(meta[META_CONFIG])
+        except ValueError:
+            raise CheckpointError(p, "has a 'config' metadata entry that is not valid JSON.") from None
+    return Checkpoint(p, sd, meta, config)
+
+
+def _read_pickle(p: Path, head: bytes) -> Checkpoint:
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            p, "was refused: it contains pickled Python objects other than tensors, which could run "
+            f"code when loaded ({_first_line(e)}). Nothing in it was executed.",
+            "Use a .safetensors version of the model, or only files you trust converted elsewhere.") from None
+    except (EOFError, zipfile.BadZipFile, struct.error) as e:
+        raise CheckpointError(p, f"is truncated or corrupt ({type(e).__name__}: {_first_line(e)}).",
+                              "Delete it and download it again.") from None
+    except RuntimeError as e:
+        msg = str(e)
+        if "zip archive" in msg or "central directory" in msg or "PytorchStreamReader" in msg:
+            raise CheckpointError(p, "is truncated or not a PyTorch checkpoint (its zip container is "
+                                  "broken).", "Delete it and download it again.") from None
+        raise CheckpointError(p, f"could not be read: {_first_line(e)}") from None
+    except Exception as e:  # torch raises assorted types for non-checkpoint bytes
+        raise CheckpointError(p, f"is not a PyTorch checkpoint ({type(e).__name__}: {_first_line(e)}).") from None
+    return Checkpoint(p, unwrap_state_dict(obj, p))
+
+
+def unwrap_state_dict(obj: Any, path: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
+    """The flat ``{name: tensor}`` dict inside a checkpoint object (``params_ema`` first)."""
+    if isinstance(obj, Mapping):
+        for key in _CONTAINER_KEYS:
+            if key in obj and isinstance(obj[key], Mapping):
+                return unwrap_state_dict(obj[key], path)
+        tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) == len(obj):
+            return dict(tensors)
+        if tensors:
+            other = next(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
+            raise CheckpointError(path, f"holds a mix of tensors and other entries (e.g. {other!r}); "
+                                  "expected a flat state dict or one under 'params_ema' / 'params'.")
+    kind = type(obj).__name__
+    keys = list(obj)[:5] if isinstance(obj, Mapping) else []
+    raise CheckpointError(path, f"does not hold a state dict (found a {kind}" +
+                          (f" with keys {keys}" if keys else "") + ").")
+
+
+def _read_diffusers_folder(p: Path) -> Checkpoint:
+    weights, cfg = p / DIFFUSERS_WEIGHTS, p / "config.json"
+    if not weights.is_file():
+        found = sorted(x.name for x in p.iterdir())[:8]
+        raise CheckpointError(p, f"is a folder without {DIFFUSERS_WEIGHTS} (it holds {found}).",
+                              "Point at a checkpoint file, or at a folder with config.json and the weights.")
+    ckpt = _read_safetensors(weights)
+    if cfg.is_file():
+        ckpt.config = _read_json(cfg)
+    ckpt.path = p
+    return ckpt
+
+
+def _read_json(p: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(p, f"is not valid JSON ({_first_line(e)}).") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(p, "does not hold a JSON object.")
+    return data
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, *,
+                    family: str, config: Mapping[str, Any] | None,
+                    metadata: Mapping[str, str] | None = None) -> Path:
+    """Write safetensors with the family and its config (JSON) in the header, atomically."""
+    p = Path(path)
+    meta = {"format": "pt", META_FAMILY: family}
+    if config is not None:
+        meta[META_CONFIG] = json.dumps(config, sort_keys=True)
+    meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file, without reading its tensors."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError):
+        return {}
+
+
+def source_stamp(path: str | os.PathLike) -> dict[str, str]:
+    """What identifies a source file for 'convert once': name, size and modification time."""
+    st = Path(path).stat()
+    return {META_SOURCE: Path(path).name, "source_size": str(st.st_size), "source_mtime_ns": str(st.st_mtime_ns)}
+
+
+def converted_path(src: str | os.PathLike) -> Path:
+    """Where the safetensors conversion of ``src`` lives: beside it, same stem."""
+    p = Path(src)
+    return p.with_suffix(".safetensors")
+
+
+def is_current_conversion(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
+    """True when dst was converted from src as it is now (same name, size and mtime)."""
+    if not Path(dst).is_file():
+        return False
+    meta = read_metadata(dst)
+    return all(meta.get(k) == v for k, v in source_stamp(src).items())

@@ -1,0 +1,124 @@
+"""``upscale_latent``: validation, dtype/device handling and scale choice around a family's forward.
+
+Everything a caller can get wrong is checked here, once, with a message that says what was
+expected; the families only ever see valid raw latents in their own dtype and device.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .archs import LatentUpscaler, ScaleRange, describe_scales
+from .errors import LuaError
+
+#: ComfyUI latent format names a caller may pass for families that need one
+LATENT_FORMATS = ("flux", "sd3", "sdxl", "sd15")
+
+
+def validate_latent(model: LatentUpscaler, latent: Any) -> None:
+    """Raise ``LuaError`` (a ValueError) unless ``latent`` is a finite [B, C, H, W] the model takes."""
+    if not isinstance(latent, torch.Tensor):
+        raise LuaError(f"latent must be a torch.Tensor [B, C, H, W], got {type(latent).__name__}")
+    if latent.ndim != 4:
+        raise LuaError(f"latent must have 4 dimensions [B, C, H, W], got shape {tuple(latent.shape)}"
+                       + (" (a video latent [B, C, T, H, W]: pass one frame at a time)" if latent.ndim == 5 else ""))
+    if latent.numel() == 0:
+        raise LuaError(f"latent is empty (shape {tuple(latent.shape)}): every dimension must be at least 1")
+    if not latent.is_floating_point():
+        raise LuaError(f"latent must be a floating-point tensor, got {latent.dtype}")
+    c = latent.shape[1]
+    if c != model.latent_channels:
+        raise LuaError(channel_mismatch_message(model, c))
+    if not bool(torch.isfinite(latent).all()):
+        bad = int((~torch.isfinite(latent)).sum())
+        raise LuaError(f"latent contains {bad} NaN or infinite value(s): the sampler or VAE upstream "
+                       "produced invalid numbers (try fp32 or another sampler)")
+
+
+def channel_mismatch_message(model: LatentUpscaler, channels: int) -> str:
+    from .latent_formats import families_with_channels
+    fits = families_with_channels(channels)
+    have = families_with_channels(model.latent_channels)
+    return (f"the latent has {channels} channels ({fits or 'unknown model family'}) but this {model.family} "
+            f"upscaler expects {model.latent_channels} ({have or 'another model family'}); "
+            f"use an upscaler trained for {channels}-channel latents")
+
+
+def output_size(h: int, w: int, scale: float) -> tuple[int, int]:
+    """Output latent size: rounded to whole latent pixels, at least 1."""
+    return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+
+
+def plan_scale(model: LatentUpscaler, scale: float) -> tuple[float, bool]:
+    """(scale to run natively, whether to resample the result to the requested size).
+
+    A native scale runs as is (exact). Otherwise, for a model with a fixed set of scales, the
+    smallest native scale above the request runs and its output is resampled down: downscaling a
+    sharper, larger prediction keeps the detail the model adds, while upscaling a smaller one
+    would interpolate it away. Requests above the largest native scale are refused.
+    """
+    scales = model.native_scales
+    if isinstance(scales, ScaleRange):
+        if scale in scales:
+            return scale, False
+        raise LuaError(f"this {model.family} upscaler does {scales}; x{scale:g} is outside that range")
+    if any(math.isclose(scale, s, rel_tol=0, abs_tol=1e-6) for s in scales):
+        return float(min(scales, key=lambda s: abs(s - scale))), False
+    above = [s for s in scales if s > scale]
+    if getattr(model, "resample_to_any_scale", False) and above and scale >= 1.0:
+        return min(above), True
+    raise LuaError(f"this {model.family} upscaler does {describe_scales(scales)}, not x{scale:g}")
+
+
+def resample(latent: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Antialiased bicubic resize (PIL's choice for downscaling) in fp32."""
+    if tuple(latent.shape[-2:]) == size:
+        return latent
+    return F.interpolate(latent.float(), size=size, mode="bicubic", align_corners=False,
+                         antialias=True).to(latent.dtype)
+
+
+def upscale_latent(model: LatentUpscaler, latent: torch.Tensor, scale: float, *,
+                   latent_format: Any = None, max_memory: int | None = None,
+                   tile: int | None = None) -> torch.Tensor:
+    """Upscale raw latents ``[B, C, H, W]`` by ``scale``; returns the input's device and dtype.
+
+    ``latent_format`` is needed by families trained on scaled latents (one of LATENT_FORMATS, or a
+    ComfyUI latent format object). ``max_memory`` (bytes) bounds the working memory of families
+    that can run in chunks without changing the result; ``tile`` (latent pixels) splits the latent
+    into overlapping tiles when even that does not fit (not exact; see ``lua_core.tiling``).
+    """
+    if not isinstance(model, LatentUpscaler):
+        raise LuaError(f"model must be a module from lua_core.load_model, got {type(model).__name__}")
+    validate_latent(model, latent)
+    try:
+        scale = float(scale)
+    except (TypeError, ValueError):
+        raise LuaError(f"scale must be a number, got {scale!r}") from None
+    if not math.isfinite(scale) or scale < 1.0:
+        raise LuaError(f"scale must be a finite number >= 1, got {scale!r}")
+    run_scale, needs_resample = plan_scale(model, scale)
+    h, w = latent.shape[-2:]
+    target = output_size(h, w, scale)
+    fmt = _format_name(latent_format)
+    if model.needs_latent_format and fmt is None:
+        raise LuaError(f"this {model.family} upscaler works in the model's scaled latent space and needs "
+                       f"latent_format, one of {', '.join(LATENT_FORMATS)}")
+    x = latent.to(device=model.device, dtype=model.dtype)
+    with torch.inference_mode():
+        out = model.upscale(x, run_scale, latent_format=fmt, max_memory=max_memory, tile=tile)
+        if needs_resample:
+            out = resample(out, target)
+    return out.to(device=latent.device, dtype=latent.dtype).clone()
+
+
+def _format_name(latent_format: Any) -> str | None:
+    """Normalise 'flux'/'sd3'/'sdxl'/'sd15' or a ComfyUI latent format object to a name."""
+    if latent_format is None:
+        return None
+    from .latent_formats import format_name
+    return format_name(latent_format)
