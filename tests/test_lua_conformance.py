@@ -20,8 +20,8 @@ FOLDERS = ["public16", "public4"]
 WEIGHTS = ["weights.pth", "weights.safetensors"]
 
 
-def _manifest(data_dir, name):
-    return json.loads((data_dir / name / "manifest.json").read_text())
+def _manifest(folder):
+    return json.loads((folder / "manifest.json").read_text())
 
 
 def _cases():
@@ -34,18 +34,20 @@ def _cases():
 
 
 @pytest.mark.parametrize("name", FOLDERS)
-def test_files_are_intact(data_dir, name):
-    man = _manifest(data_dir, name)
+def test_files_are_intact(conformance, name):
+    folder = conformance(name)
+    man = _manifest(folder)
     for fname, info in man["files"].items():
-        digest = hashlib.sha256((data_dir / name / fname).read_bytes()).hexdigest()
+        digest = hashlib.sha256((folder / fname).read_bytes()).hexdigest()
         assert digest == info["sha256"], f"{name}/{fname} is corrupted (or a Git LFS pointer)"
 
 
 @pytest.mark.parametrize("name,weights,case", list(_cases()))
-def test_official_outputs(data_dir, name, weights, case):
-    man = _manifest(data_dir, name)
-    vectors = load_file(data_dir / name / "vectors.safetensors")
-    model = lua_core.load_model(data_dir / name / weights)
+def test_official_outputs(conformance, name, weights, case):
+    folder = conformance(name)
+    man = _manifest(folder)
+    vectors = load_file(folder / "vectors.safetensors")
+    model = lua_core.load_model(folder / weights)
     assert model.config == LUAConfig.from_dict(man["config"]), "config inferred from the file differs"
     x = vectors[case["input_key"]]
     out = lua_core.upscale_latent(model, x, case["scale"])
@@ -57,10 +59,11 @@ def test_official_outputs(data_dir, name, weights, case):
 
 
 @pytest.mark.parametrize("name", FOLDERS)
-def test_every_parameter_is_used(data_dir, name):
+def test_every_parameter_is_used(conformance, name):
     """Loading the official container consumes every parameter of the file."""
-    man = _manifest(data_dir, name)
-    raw = torch.load(data_dir / name / "weights.pth", weights_only=True)["params_ema"]
+    folder = conformance(name)
+    man = _manifest(folder)
+    raw = torch.load(folder / "weights.pth", weights_only=True)["params_ema"]
     model = LUA(LUAConfig.from_dict(man["config"]))
     params = {k for k in raw if not k.endswith((".relative_position_index", ".attn_mask"))}
     assert params == set(model.state_dict())
@@ -68,11 +71,12 @@ def test_every_parameter_is_used(data_dir, name):
 
 
 @pytest.mark.parametrize("name", FOLDERS)
-def test_autograd_path_matches(data_dir, name):
+def test_autograd_path_matches(conformance, name):
     """The differentiable path (used in training) gives the same numbers as the inference path."""
-    man = _manifest(data_dir, name)
-    vectors = load_file(data_dir / name / "vectors.safetensors")
-    model = lua_core.load_model(data_dir / name / "weights.safetensors")
+    folder = conformance(name)
+    man = _manifest(folder)
+    vectors = load_file(folder / "vectors.safetensors")
+    model = lua_core.load_model(folder / "weights.safetensors")
     case = man["cases"][-1]
     x = vectors[case["input_key"]].clone().requires_grad_(True)
     with torch.enable_grad():
