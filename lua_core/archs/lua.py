@@ -435,6 +435,8 @@ def reflect_pad(x: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
 
 class LUA(LatentUpscaler):
     family = "lua"
+    #: scales between the heads' are served by the next head up, resampled down (inference.plan_scale)
+    resample_to_any_scale = True
 
     def __init__(self, config: LUAConfig | None = None):
         super().__init__()

@@ -1,0 +1,1 @@
+"""One module per CLI command (see ``lua_core/__main__.py``)."""
