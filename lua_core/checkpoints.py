@@ -116,7 +116,7 @@ def _read_pickle(p: Path, head: bytes) -> Checkpoint:
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             p, "was refused: it contains pickled Python objects other than tensors, which could run "
-            f"code when loaded ({_first_line(e)}). Nothing in it was executed.",
+            f"code when loaded ({_unsafe_global(e)}). Nothing in it was executed.",
             "Use a .safetensors version of the model, or only files you trust converted elsewhere.") from None
     except (EOFError, zipfile.BadZipFile, struct.error) as e:
         raise CheckpointError(p, f"is truncated or corrupt ({type(e).__name__}: {_first_line(e)}).",
@@ -172,6 +172,14 @@ def _read_json(p: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(p, "does not hold a JSON object.")
     return data
+
+
+def _unsafe_global(e: BaseException) -> str:
+    """The 'Unsupported global: GLOBAL x.y' part of torch's refusal, never its advice to unpickle."""
+    for line in str(e).splitlines():
+        if "GLOBAL" in line or "Unsupported" in line:
+            return line.strip().removeprefix("WeightsUnpickler error:").strip()[:300]
+    return "not a plain state dict"
 
 
 def _first_line(e: BaseException) -> str:

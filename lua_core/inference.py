@@ -7,6 +7,7 @@ expected; the families only ever see valid raw latents in their own dtype and de
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 from .archs import LatentUpscaler, ScaleRange, describe_scales
 from .errors import LuaError
+from .tiling import tiled_upscale
 
 #: ComfyUI latent format names a caller may pass for families that need one
 LATENT_FORMATS = ("flux", "sd3", "sdxl", "sd15")
@@ -83,14 +85,17 @@ def resample(latent: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def upscale_latent(model: LatentUpscaler, latent: torch.Tensor, scale: float, *,
-                   latent_format: Any = None, max_memory: int | None = None,
-                   tile: int | None = None) -> torch.Tensor:
+                   latent_format: Any = None, max_memory: int | None = None, tile: int | None = None,
+                   overlap: int | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Upscale raw latents ``[B, C, H, W]`` by ``scale``; returns the input's device and dtype.
 
     ``latent_format`` is needed by families trained on scaled latents (one of LATENT_FORMATS, or a
     ComfyUI latent format object). ``max_memory`` (bytes) bounds the working memory of families
-    that can run in chunks without changing the result; ``tile`` (latent pixels) splits the latent
-    into overlapping tiles when even that does not fit (not exact; see ``lua_core.tiling``).
+    that can run in chunks without changing the result (None: the device's free memory).
+    ``tile`` (latent pixels, with ``overlap``) splits the latent into overlapping tiles when even
+    that does not fit: approximate, see ``lua_core.tiling``. ``progress(done, total)`` is called
+    as the work advances; an exception raised from it (a cancel) stops the work.
     """
     if not isinstance(model, LatentUpscaler):
         raise LuaError(f"model must be a module from lua_core.load_model, got {type(model).__name__}")
@@ -101,6 +106,10 @@ def upscale_latent(model: LatentUpscaler, latent: torch.Tensor, scale: float, *,
         raise LuaError(f"scale must be a number, got {scale!r}") from None
     if not math.isfinite(scale) or scale < 1.0:
         raise LuaError(f"scale must be a finite number >= 1, got {scale!r}")
+    if tile is not None and (not isinstance(tile, int) or tile < 1):
+        raise LuaError(f"tile must be a positive number of latent pixels, got {tile!r}")
+    if scale == 1.0:  # nothing to add: every family returns its input at x1 (NNLatentUpscale does too)
+        return latent.clone()
     run_scale, needs_resample = plan_scale(model, scale)
     h, w = latent.shape[-2:]
     target = output_size(h, w, scale)
@@ -108,9 +117,19 @@ def upscale_latent(model: LatentUpscaler, latent: torch.Tensor, scale: float, *,
     if model.needs_latent_format and fmt is None:
         raise LuaError(f"this {model.family} upscaler works in the model's scaled latent space and needs "
                        f"latent_format, one of {', '.join(LATENT_FORMATS)}")
-    x = latent.to(device=model.device, dtype=model.dtype)
+    x = latent.to(device=model.weights_device, dtype=model.dtype)
+
+    def run(part: torch.Tensor, report: Callable[[int, int], None] | None) -> torch.Tensor:
+        return model.upscale(part, run_scale, latent_format=fmt, max_memory=max_memory, progress=report)
+
     with torch.inference_mode():
-        out = model.upscale(x, run_scale, latent_format=fmt, max_memory=max_memory, tile=tile)
+        if tile is not None and tile < max(h, w):
+            if run_scale != int(run_scale):
+                raise LuaError(f"tiling needs an integer scale; this {model.family} upscaler runs x{run_scale:g}")
+            out = tiled_upscale(lambda part: run(part, None), x, int(run_scale), tile, overlap,
+                                align=getattr(model, "tile_align", 1), progress=progress)
+        else:
+            out = run(x, progress)
         if needs_resample:
             out = resample(out, target)
     return out.to(device=latent.device, dtype=latent.dtype).clone()

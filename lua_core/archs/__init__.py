@@ -6,11 +6,15 @@ enough that none do today.
 
 from __future__ import annotations
 
-from . import lua
+from . import city96, lssgen, lua, nnlatent
 from .base import Family, LatentUpscaler, ScaleRange, StateDict, describe_scales
 
 FAMILIES: list[Family] = [
     Family("lua", lua.detect, lua.build, "LUA (Latent Upscaler Adapter): Swin trunk + x2/x4 heads"),
+    Family("city96", city96.detect, city96.build,
+           "city96 SD-Latent-Upscaler v2.1 (SD1.x/SDXL, x1.25/x1.5/x2, one per file)"),
+    Family("nnlatentupscale", nnlatent.detect, nnlatent.build, "NNLatentUpscale (SD1.x/SDXL, any scale in [1, 2])"),
+    Family("lssgen", lssgen.detect, lssgen.build, "LSSGen latent upsampler (diffusers folder with config.json, x2)"),
 ]
 
 

@@ -66,12 +66,13 @@ class LatentUpscaler(nn.Module):
                 **options: Any) -> torch.Tensor:
         raise NotImplementedError
 
+    # No ``device`` property: ComfyUI's ModelPatcher assigns ``model.device`` itself.
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
     @property
-    def device(self) -> torch.device:
+    def weights_device(self) -> torch.device:
         return next(self.parameters()).device
 
 
@@ -87,3 +88,27 @@ class Family:
     detect: Callable[[StateDict], bool]
     build: Callable[[StateDict, dict[str, Any] | None, dict[str, Any]], LatentUpscaler]
     description: str = ""
+
+
+def load_exact(module: nn.Module, sd: StateDict, what: str) -> None:
+    """Load ``sd`` into ``module`` strictly, or raise ValueError saying which tensors do not fit.
+
+    ``load_state_dict``'s own RuntimeError lists every key; this names the first few of each kind
+    of problem, which is what a user comparing a file against its config needs.
+    """
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(sd) if tuple(expected[k].shape) != tuple(sd[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} tensor(s) have the wrong shape (e.g. {k}: file "
+                         f"{tuple(sd[k].shape)}, expected {tuple(expected[k].shape)})")
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        raise ValueError(f"weights do not match the {what}: " + "; ".join(parts))
+    module.load_state_dict(dict(sd), strict=True)

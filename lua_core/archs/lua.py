@@ -24,7 +24,7 @@ module trains (see ``lua_core.train``).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LatentUpscaler, StateDict
+from .base import LatentUpscaler, StateDict, load_exact
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # SwinIR's input mean, used only when in_chans == 3
 
@@ -99,6 +99,8 @@ class LUAConfig:
         names = [h.name for h in self.heads]
         if len(set(names)) != len(names):
             problems.append(f"head names must be unique, got {names}")
+        if self.primary_head is not None and self.primary_head not in names:
+            problems.append(f"primary_head {self.primary_head!r} is not one of the heads {names}")
         for h in self.heads:
             if not _upsample_steps(h.scale):
                 problems.append(f"head {h.name!r}: scale {h.scale} is not 3 or a power of two >= 2")
@@ -193,6 +195,65 @@ def shift_mask(ws: int, shift: int, last_row: bool, last_col: bool) -> torch.Ten
     return (labels[:, None] != labels[None, :]).float() * -100.0
 
 
+@dataclass(frozen=True)
+class WindowLayout:
+    """A token order in which one kind of block sees its windows as contiguous runs.
+
+    ``order[i]`` is the row-major map position of the token at position i. Windows are ws x ws
+    tiles of the (rolled, for shifted blocks) map, tokens row-major inside each; shifted layouts
+    list the windows grouped by mask kind, so each group is one contiguous range sharing one bias.
+    ``groups``: (first window, end window, last_row, last_col).
+    """
+
+    order: torch.Tensor
+    groups: tuple[tuple[int, int, bool, bool], ...]
+
+
+def window_layout(h: int, w: int, ws: int, shift: int) -> WindowLayout:
+    nh, nw = h // ws, w // ws
+    if shift:
+        kinds = [(False, False), (False, True), (True, False), (True, True)]
+        rows = {False: range(nh - 1), True: range(nh - 1, nh)}
+        cols = {False: range(nw - 1), True: range(nw - 1, nw)}
+        windows, groups = [], []
+        for lr, lc in kinds:
+            first = len(windows)
+            windows += [(r, c) for r in rows[lr] for c in cols[lc]]
+            if len(windows) > first:
+                groups.append((first, len(windows), lr, lc))
+    else:
+        windows = [(r, c) for r in range(nh) for c in range(nw)]
+        groups = [(0, len(windows), False, False)]
+    wr = torch.tensor([r for r, _ in windows]).view(-1, 1, 1)
+    wc = torch.tensor([c for _, c in windows]).view(-1, 1, 1)
+    i = torch.arange(ws).view(1, -1, 1)
+    j = torch.arange(ws).view(1, 1, -1)
+    # a token at (y, x) of the rolled map is the token at (y + shift, x + shift) of the map
+    y = (wr * ws + i + shift) % h
+    x = (wc * ws + j + shift) % w
+    return WindowLayout((y * w + x).flatten(), tuple(groups))
+
+
+class _Layouts:
+    """The layouts of one input size and the gathers between them, built once per size."""
+
+    def __init__(self, h: int, w: int, ws: int, shifts: set[int], device: torch.device):
+        self.by_shift = {s: window_layout(h, w, ws, s) for s in sorted(shifts)}
+        self._inverse = {s: torch.argsort(lay.order) for s, lay in self.by_shift.items()}
+        self._moves: dict[tuple[int | None, int | None], torch.Tensor] = {}
+        for a in [None, *self.by_shift]:
+            for b in [None, *self.by_shift]:
+                if a != b:
+                    src = self._inverse[a] if a is not None else None
+                    dst = self.by_shift[b].order if b is not None else None
+                    idx = src if dst is None else dst if src is None else src[dst]
+                    self._moves[(a, b)] = idx.to(device)
+
+    def move(self, t: torch.Tensor, src: int | None, dst: int | None) -> torch.Tensor:
+        """Re-order tokens (B, L, C) from layout src to dst (None = row-major map order)."""
+        return t if src == dst else t.index_select(1, self._moves[(src, dst)])
+
+
 def _conv_block(ch: int, resi_connection: str) -> nn.Module:
     if resi_connection == "1conv":
         return nn.Conv2d(ch, ch, 3, 1, 1)
@@ -220,12 +281,15 @@ class WindowAttention(nn.Module):
         return table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """x: (..., N, C) windows; bias broadcastable to (..., heads, N, N)."""
+        """x: (..., N, C) windows; bias (heads, N, N) or (windows, heads, N, N)."""
         *lead, n, c = x.shape
-        qkv = self.qkv(x).view(*lead, n, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.movedim(-3, 0).transpose(-3, -2).unbind(0)  # each (..., heads, N, hd)
+        x = x.reshape(-1, n, c)
+        qkv = self.qkv(x).view(-1, n, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (windows, heads, N, hd)
+        if bias.ndim == 3:  # a 4-D mask keeps SDPA on its fused CPU kernel (3-D falls back to math)
+            bias = bias.unsqueeze(0)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
-        return self.proj(out.transpose(-3, -2).reshape(*lead, n, c))
+        return self.proj(out.transpose(1, 2).reshape(-1, n, c)).view(*lead, n, c)
 
 
 class Mlp(nn.Module):
@@ -249,71 +313,44 @@ class SwinBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
 
     def _window_step(self, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """Attention + MLP (pre-norm, residual) on windows w: (..., N, C)."""
-        lead = w.shape[:-2]
-        w = w.reshape(-1, *w.shape[-2:])
+        """Attention + MLP (pre-norm, residual) on windows w: (..., N, C), out of place."""
         w = w + self.attn(self.norm1(w), bias)
-        return (w + self.mlp(self.norm2(w))).view(*lead, *w.shape[-2:])
+        return w + self.mlp(self.norm2(w))
 
-    def forward(self, t: torch.Tensor, chunk_windows: int | None = None) -> torch.Tensor:
-        """t: (B, H, W, C) with H, W multiples of the window size. Returns the same shape."""
-        b, h, w, c = t.shape
-        ws, s = self.ws, self.shift
-        nh, nw = h // ws, w // ws
-        if s:
-            t = torch.roll(t, shifts=(-s, -s), dims=(1, 2))
-        # (B, nh, nw, N, C): windows in row-major order, tokens row-major inside a window
-        win = t.view(b, nh, ws, nw, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, nh, nw, ws * ws, c)
-        if not s and win.data_ptr() == t.data_ptr():  # a view (nw == 1): never write into the input
-            win = win.clone()
-        groups = self._groups(nh, nw, self.attn.position_bias())
-        if torch.is_grad_enabled():
-            win = self._assembled(win, groups)
-        else:
-            self._chunked_(win, groups, chunk_windows)
-        t = win.view(b, nh, nw, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c)
-        if s:
-            t = torch.roll(t, shifts=(s, s), dims=(1, 2))
-        return t
+    def _window_step_(self, w: torch.Tensor, bias: torch.Tensor) -> None:
+        """The same, accumulated in place into w (inference: no copies of the windows)."""
+        w += self.attn(self.norm1(w), bias)
+        w += self.mlp(self.norm2(w))
 
-    def _groups(self, nh: int, nw: int, pos: torch.Tensor) -> list[tuple[slice, slice, torch.Tensor]]:
-        """Window groups sharing one additive bias: all windows when unshifted, else up to 4 kinds
-        (interior, last column, last row, corner) in row-major order of their slices."""
-        if not self.shift:
-            return [(slice(0, nh), slice(0, nw), pos)]
+    def biases(self, layout: WindowLayout) -> list[torch.Tensor]:
+        """One (heads, N, N) additive bias per window group: position bias (+ shift mask)."""
+        pos = self.attn.position_bias()
         out = []
-        for last_row, rows in ((False, slice(0, nh - 1)), (True, slice(nh - 1, nh))):
-            for last_col, cols in ((False, slice(0, nw - 1)), (True, slice(nw - 1, nw))):
-                if rows.stop > rows.start and cols.stop > cols.start:
-                    mask = shift_mask(self.ws, self.shift, last_row, last_col).to(pos.device, pos.dtype)
-                    out.append((rows, cols, pos + mask))
+        for _, _, last_row, last_col in layout.groups:
+            if self.shift and (last_row or last_col):
+                out.append(pos + shift_mask(self.ws, self.shift, last_row, last_col).to(pos.device, pos.dtype))
+            else:
+                out.append(pos)
         return out
 
-    def _assembled(self, win: torch.Tensor, groups: list[tuple[slice, slice, torch.Tensor]]) -> torch.Tensor:
-        """Differentiable path: each group out of place, then stitched back together."""
-        rows: dict[int, list[torch.Tensor]] = {}
-        for rs, cs, bias in groups:
-            rows.setdefault(rs.start, []).append(self._window_step(win[:, rs, cs], bias))
-        return torch.cat([torch.cat(parts, dim=2) for _, parts in sorted(rows.items())], dim=1)
-
-    def _chunked_(self, win: torch.Tensor, groups: list[tuple[slice, slice, torch.Tensor]],
-                  chunk_windows: int | None) -> None:
-        """Inference path: in place, group by group, at most chunk_windows windows at a time."""
-        b = win.shape[0]
-        for rows, cols, bias in groups:
-            per_row = cols.stop - cols.start
-            per_item = (rows.stop - rows.start) * per_row
-            if chunk_windows is None or chunk_windows >= b * per_item:
-                steps: Iterator[tuple[slice, slice]] = iter([(slice(0, b), rows)])
-            elif chunk_windows >= per_item:
-                bc = chunk_windows // per_item
-                steps = ((slice(i, min(i + bc, b)), rows) for i in range(0, b, bc))
-            else:
-                rc = max(1, chunk_windows // per_row)
-                steps = ((slice(i, i + 1), slice(r, min(r + rc, rows.stop)))
-                         for i in range(b) for r in range(rows.start, rows.stop, rc))
-            for bs, rs in steps:
-                win[bs, rs, cols] = self._window_step(win[bs, rs, cols], bias)
+    def forward(self, t: torch.Tensor, layout: WindowLayout, chunk_windows: int | None = None) -> torch.Tensor:
+        """t: (B, L, C) tokens in ``layout`` order -> same shape and order."""
+        b, n_tok, c = t.shape
+        n = self.ws * self.ws
+        win = t.view(b, n_tok // n, n, c)
+        biases = self.biases(layout)
+        if torch.is_grad_enabled():  # differentiable: each group out of place, then concatenated
+            parts = [self._window_step(win[:, g0:g1], bias) for (g0, g1, _, _), bias in zip(layout.groups, biases)]
+            return torch.cat(parts, dim=1).view(b, n_tok, c)
+        for (g0, g1, _, _), bias in zip(layout.groups, biases):
+            if chunk_windows is None or chunk_windows >= b * (g1 - g0):
+                self._window_step_(win[:, g0:g1], bias)
+                continue
+            step = max(1, chunk_windows)
+            for i in range(b):
+                for a in range(g0, g1, step):
+                    self._window_step_(win[i, a:min(a + step, g1)], bias)
+        return win.view(b, n_tok, c)
 
 
 class BasicLayer(nn.Module):
@@ -386,6 +423,68 @@ class ForwardPlan:
             return None
         return replace(self, chunk_windows=max(1, cw // 2), head_rows=max(1, hr // 2),
                        conv_rows=max(1, cr // 2))
+
+
+def _padded(n: int, ws: int) -> int:
+    return n + (ws - n % ws) % ws
+
+
+def estimate_peak(cfg: LUAConfig, shape: tuple[int, ...], head: str, plan: ForwardPlan, elem: int = 4) -> int:
+    """Estimated peak working memory (bytes, excluding weights) of one forward with ``plan``.
+
+    Counts the tensors alive at the widest point of each phase: the trunk keeps the shallow
+    features, the group residual and two token buffers (a gather reads one, writes the other);
+    a window chunk adds norm/qkv/attention/MLP temporaries; a head band holds its widest conv's
+    input and output plus the pixel-shuffled copy, next to the growing output.
+    """
+    b, _, h, w = shape
+    ws = cfg.window_size
+    hp, wp = _padded(h, ws), _padded(w, ws)
+    e = cfg.embed_dim
+    hidden = int(e * cfg.mlp_ratio)
+    tokens = b * hp * wp
+    n = cfg.ws_eff ** 2
+    trunk = 4 * tokens * e
+    chunk_tokens = tokens if plan.chunk_windows is None else min(tokens, plan.chunk_windows * n)
+    heads_max = max(cfg.num_heads)
+    window = chunk_tokens * max(8 * e, 2 * hidden + 3 * e) + (chunk_tokens // n) * heads_max * n * n // 8
+    hc = cfg.head(head)
+    nf = hc.num_feat or cfg.head_num_feat
+    s = hc.scale
+    halo = 2 + len(_upsample_steps(s))
+    rows = h if plan.head_rows is None else min(h, plan.head_rows)
+    band = b * (min(hp, rows + 2 * halo)) * wp * nf * s * s * 9 // 4
+    out = 2 * b * hc.out_chans * (h * s) * (w * s)
+    head_phase = tokens * e + band + out
+    return int(elem * max(trunk + window, trunk + 2 * tokens * e, head_phase))
+
+
+def plan_forward(cfg: LUAConfig, shape: tuple[int, ...], head: str, max_memory: int | None,
+                 elem: int = 4) -> ForwardPlan:
+    """The least-chunked plan whose estimated peak fits ``max_memory`` (None: no bound).
+
+    Chunks only shrink where they must: first the head bands (where x4 spends its memory), then
+    the window chunks. If even the smallest plan does not fit, the smallest is returned (the trunk's
+    feature maps cannot be chunked without changing the result: that is what ``tile`` is for).
+    """
+    one_shot = ForwardPlan()
+    if max_memory is None or estimate_peak(cfg, shape, head, one_shot, elem) <= max_memory:
+        return one_shot
+    b, _, h, w = shape
+    ws = cfg.window_size
+    n_windows = b * (_padded(h, ws) // cfg.ws_eff) * (_padded(w, ws) // cfg.ws_eff)
+    rows = h
+    plan = ForwardPlan(chunk_windows=n_windows, head_rows=rows, conv_rows=None)
+    while rows > 1 and estimate_peak(cfg, shape, head, plan, elem) > max_memory:
+        rows = max(1, rows // 2)
+        plan = replace(plan, head_rows=rows)
+    cw = n_windows
+    while cw > 1 and estimate_peak(cfg, shape, head, plan, elem) > max_memory:
+        cw = max(1, cw // 2)
+        plan = replace(plan, chunk_windows=cw)
+    if estimate_peak(cfg, shape, head, plan, elem) > max_memory:
+        plan = replace(plan, conv_rows=max(1, min(h, 4 * ws)))
+    return plan
 
 
 def conv_in_bands(module: nn.Module, x: torch.Tensor, rows: int | None, halo: int,
@@ -475,11 +574,35 @@ class LUA(LatentUpscaler):
                          + ", ".join(f"{h.name} (x{h.scale})" for h in self.config.heads) + ")")
 
     def upscale(self, latent: torch.Tensor, scale: float, *, latent_format: str | None = None,
-                plan: ForwardPlan | None = None, **_: Any) -> torch.Tensor:
-        return self.forward(latent, self.head_for(scale), plan)
+                plan: ForwardPlan | None = None, max_memory: int | None = None,
+                progress: Callable[[int, int], None] | None = None, **_: Any) -> torch.Tensor:
+        """Exact forward within ``max_memory`` bytes of working memory (None: the device's free memory).
+
+        The plan comes from ``plan_forward``'s estimate; if the device still runs out of memory
+        the chunks are halved and the forward retried (results do not depend on the chunking).
+        """
+        from ..devices import available_memory, is_out_of_memory, release_cached_memory
+        head = self.head_for(scale)
+        if plan is None:
+            budget = max_memory if max_memory is not None else available_memory(latent.device)
+            plan = plan_forward(self.config, tuple(latent.shape), head, budget, latent.element_size())
+        while True:
+            try:
+                return self.forward(latent, head, plan, progress)
+            except (RuntimeError, MemoryError) as e:
+                smaller = plan.halved(tuple(latent.shape))
+                if not is_out_of_memory(e) or smaller is None:
+                    raise
+                release_cached_memory(latent.device)
+                plan = smaller
 
     # -- forward ------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, head: str | None = None, plan: ForwardPlan | None = None) -> torch.Tensor:
+    @property
+    def tile_align(self) -> int:
+        return self.config.window_size
+
+    def forward(self, x: torch.Tensor, head: str | None = None, plan: ForwardPlan | None = None,
+                progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Official forward: reflect-pad to the window, trunk, head, crop. x: (B, C, H, W)."""
         plan = plan or ForwardPlan()
         name = head or self.config.primary_head or self.config.heads[0].name
@@ -489,27 +612,54 @@ class LUA(LatentUpscaler):
         x = reflect_pad(x, (ws - h % ws) % ws, (ws - w % ws) % ws)
         mean = self.mean.to(x.dtype)
         x = (x - mean) * self.config.img_range
-        feat = self.features(x, plan)
+        feat = self.features(x, plan, progress)
         out = conv_in_bands(hd, feat, plan.head_rows, hd.halo, hd.scale, out_rows=h)
+        if progress is not None:
+            progress(len(self.layers) + 1, len(self.layers) + 1)
         out = out[..., : h * hd.scale, : w * hd.scale]
         return out / self.config.img_range + mean
 
-    def features(self, x: torch.Tensor, plan: ForwardPlan | None = None) -> torch.Tensor:
-        """Shallow + deep features with the long skip: (B, C, H, W) padded input -> (B, E, H, W)."""
+    def layouts(self, h: int, w: int, device: torch.device) -> _Layouts:
+        """Window layouts for a padded h x w map (cached per size and device)."""
+        key = (h, w, str(device))
+        cache = self.__dict__.setdefault("_layout_cache", {})
+        if key not in cache:
+            if len(cache) > 8:
+                cache.clear()
+            shifts = {blk.shift for layer in self.layers for blk in layer.residual_group.blocks}
+            cache[key] = _Layouts(h, w, self.config.ws_eff, shifts, device)
+        return cache[key]
+
+    def features(self, x: torch.Tensor, plan: ForwardPlan | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Shallow + deep features with the long skip: (B, C, H, W) padded input -> (B, E, H, W).
+
+        Tokens stay in window layouts between blocks: one gather per block moves them from one
+        block's windows to the next's (instead of roll + partition + reverse + roll back).
+        """
         plan = plan or ForwardPlan()
-        f0 = conv_in_bands(self.conv_first, x, plan.conv_rows, 1)
-        t = self.patch_embed.norm(f0.permute(0, 2, 3, 1))  # (B, H, W, E) tokens, row-major
-        for layer in self.layers:
-            res = t
-            for blk in layer.residual_group.blocks:
-                if self.gradient_checkpointing and torch.is_grad_enabled():
-                    t = torch.utils.checkpoint.checkpoint(blk, t, use_reentrant=False)
-                else:
-                    t = blk(t, plan.chunk_windows)
-            halo = 1 if self.config.resi_connection == "1conv" else 2
-            t = conv_in_bands(layer.conv, t.permute(0, 3, 1, 2), plan.conv_rows, halo).permute(0, 2, 3, 1) + res
-        t = self.norm(t).permute(0, 3, 1, 2)
+        b, _, h, w = x.shape
+        lays = self.layouts(h, w, x.device)
         halo = 1 if self.config.resi_connection == "1conv" else 2
+        f0 = conv_in_bands(self.conv_first, x, plan.conv_rows, 1)
+        e = f0.shape[1]
+        t = self.patch_embed.norm(f0.permute(0, 2, 3, 1)).reshape(b, h * w, e)  # row-major tokens
+        checkpointing = self.gradient_checkpointing and torch.is_grad_enabled()
+        for i, layer in enumerate(self.layers):
+            res, cur = t, None
+            for blk in layer.residual_group.blocks:
+                t = lays.move(t, cur, blk.shift)
+                cur = blk.shift
+                layout = lays.by_shift[cur]
+                if checkpointing:
+                    t = torch.utils.checkpoint.checkpoint(blk, t, layout, use_reentrant=False)
+                else:
+                    t = blk(t, layout, plan.chunk_windows)
+            img = lays.move(t, cur, None).view(b, h, w, e).permute(0, 3, 1, 2)
+            t = conv_in_bands(layer.conv, img, plan.conv_rows, halo).permute(0, 2, 3, 1).reshape(b, h * w, e) + res
+            if progress is not None:
+                progress(i + 1, len(self.layers) + 1)
+        t = self.norm(t).view(b, h, w, e).permute(0, 3, 1, 2)
         return conv_in_bands(self.conv_after_body, t, plan.conv_rows, halo) + f0
 
 
@@ -587,21 +737,5 @@ def build(sd: StateDict, config: dict[str, Any] | None, hints: dict[str, Any]) -
     """Build a LUA module from a state dict (derived buffers ignored) and an optional config."""
     cfg = LUAConfig.from_dict(config) if config else infer_config(sd)
     model = LUA(cfg)
-    params = {k: v for k, v in sd.items() if not k.endswith(DERIVED_BUFFER_SUFFIXES)}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(params))
-    unexpected = sorted(set(params) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(params) if tuple(expected[k].shape) != tuple(params[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} tensor(s) have the wrong shape (e.g. {k}: file "
-                         f"{tuple(params[k].shape)}, config {tuple(expected[k].shape)})")
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
-        raise ValueError("weights do not match the LUA config: " + "; ".join(parts))
-    model.load_state_dict(params, strict=True)
+    load_exact(model, {k: v for k, v in sd.items() if not k.endswith(DERIVED_BUFFER_SUFFIXES)}, "LUA config")
     return model.eval().requires_grad_(False)

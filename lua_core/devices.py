@@ -1,0 +1,57 @@
+"""Device facts the inference layer needs: free memory, and recognising out-of-memory errors.
+
+Kept apart so that the ComfyUI nodes can pass their own numbers (``model_management``) instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def available_memory(device: torch.device | str) -> int:
+    """Bytes a forward may use on ``device`` now (free memory, with 10% kept back)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.9)
+    if device.type == "mps" and hasattr(torch, "mps"):
+        try:
+            return int((torch.mps.recommended_max_memory() - torch.mps.current_allocated_memory()) * 0.9)
+        except (AttributeError, RuntimeError):
+            pass
+    return int(_free_ram() * 0.9)
+
+
+def _free_ram() -> int:
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """True for the out-of-memory errors of CUDA, MPS and the CPU allocator."""
+    if isinstance(e, MemoryError) or isinstance(e, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    msg = str(e).lower()
+    return "out of memory" in msg or "can't allocate memory" in msg or "not enough memory" in msg
+
+
+def release_cached_memory(device: torch.device | str) -> None:
+    """Give cached blocks back before a retry with smaller chunks."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()

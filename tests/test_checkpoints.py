@@ -1,0 +1,212 @@
+"""Checkpoint files: the official container, safetensors with config, inference of the config from
+shapes, convert-once, and clear errors for every kind of bad file (issue: lua_core foundation)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import lua_core
+from factories import make_lua, official_state_dict, save_official_pth, tiny_config
+from lua_core.archs.lua import LUAConfig
+from lua_core.checkpoints import read_metadata
+
+
+def _same_outputs(a, b, x=None):
+    x = torch.randn(1, a.latent_channels, 11, 13, generator=torch.Generator().manual_seed(3)) if x is None else x
+    for s in (2, 4):
+        assert torch.equal(lua_core.upscale_latent(a, x, s), lua_core.upscale_latent(b, x, s))
+
+
+def test_official_container_params_ema_and_fallback(tmp_path):
+    model = make_lua()
+    ema = save_official_pth(model, tmp_path / "ema.pth")
+    plain = save_official_pth(model, tmp_path / "plain.pth", key="params")
+    _same_outputs(model, lua_core.load_model(ema))
+    _same_outputs(model, lua_core.load_model(plain))
+
+
+def test_params_ema_wins_over_params(tmp_path):
+    a, b = make_lua(seed=1), make_lua(seed=2)
+    torch.save({"params": official_state_dict(a), "params_ema": official_state_dict(b)}, tmp_path / "both.pth")
+    _same_outputs(b, lua_core.load_model(tmp_path / "both.pth"))
+
+
+def test_stored_buffers_of_another_training_size_are_ignored(tmp_path):
+    """attn_mask / relative_position_index are rebuilt, so a file saved for img_size 48 loads and runs."""
+    model = make_lua(tiny_config(img_size=48))
+    path = save_official_pth(model, tmp_path / "big.pth")
+    loaded = lua_core.load_model(path)
+    assert loaded.config.img_size == 48  # read from the stored mask's shape
+    _same_outputs(model, loaded)
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"in_chans": 4},
+    {"resi_connection": "3conv", "embed_dim": 16, "num_heads": (2, 4), "depths": (2, 1)},
+    {"heads": ({"name": "x3", "scale": 3, "out_chans": 16},
+               {"name": "x8", "scale": 8, "out_chans": 16, "num_feat": 4, "primary": True}), "mlp_ratio": 3.0},
+    {"window_size": 4, "img_size": 8, "patch_norm": False},
+])
+def test_config_inferred_from_shapes(tmp_path, overrides):
+    cfg = tiny_config(**overrides)
+    model = make_lua(cfg)
+    path = tmp_path / "noconfig.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))  # no metadata at all
+    loaded = lua_core.load_model(path)
+    inferred = loaded.config
+    assert inferred.to_dict() | {"img_size": cfg.img_size} == cfg.to_dict() | {"img_size": cfg.img_size}
+    x = torch.randn(2, cfg.in_chans, 9, 20)
+    for h in cfg.heads:
+        assert torch.allclose(lua_core.upscale_latent(model, x, h.scale), lua_core.upscale_latent(loaded, x, h.scale))
+
+
+def test_save_writes_config_json_in_metadata(tmp_path):
+    model = make_lua()
+    path = lua_core.save_model(model, tmp_path / "m.safetensors")
+    meta = read_metadata(path)
+    assert meta["family"] == "lua"
+    assert LUAConfig.from_dict(json.loads(meta["config"])) == model.config
+    _same_outputs(model, lua_core.load_model(path))
+
+
+def test_load_from_state_dict_and_device_dtype():
+    model = make_lua()
+    loaded = lua_core.load_model({"params_ema": official_state_dict(model)}, dtype=torch.bfloat16)
+    assert loaded.dtype == torch.bfloat16 and not loaded.training
+    assert loaded.latent_channels == 16 and loaded.native_scales == {2.0, 4.0} and loaded.family == "lua"
+
+
+def test_convert_once_then_reuse(tmp_path):
+    src = save_official_pth(make_lua(), tmp_path / "lua_flux.pth")
+    out = lua_core.ensure_safetensors(src)
+    assert out == tmp_path / "lua_flux.safetensors" and out.is_file()
+    assert read_metadata(out)["converted_from"] == "lua_flux.pth"
+    stamp = out.stat().st_mtime_ns
+    assert lua_core.ensure_safetensors(src) == out
+    assert out.stat().st_mtime_ns == stamp, "the conversion was redone instead of reused"
+    # a changed source is converted again
+    save_official_pth(make_lua(seed=5), src)
+    os.utime(src, ns=(stamp + 10**9, stamp + 10**9))
+    again = lua_core.ensure_safetensors(src)
+    assert again.stat().st_mtime_ns != stamp
+    _same_outputs(make_lua(seed=5), lua_core.load_model(again))
+
+
+def test_convert_does_not_clobber_a_foreign_safetensors(tmp_path):
+    src = save_official_pth(make_lua(), tmp_path / "m.pth")
+    foreign = tmp_path / "m.safetensors"
+    save_file({"x": torch.zeros(1)}, str(foreign))
+    assert lua_core.ensure_safetensors(src) == src
+    assert list(read_metadata(foreign)) == []  # untouched
+
+
+# -- bad files -------------------------------------------------------------------------------------
+
+def test_truncated_safetensors(tmp_path):
+    good = lua_core.save_model(make_lua(), tmp_path / "good.safetensors")
+    data = good.read_bytes()
+    for name, blob in [("half.safetensors", data[: len(data) // 2]), ("header.safetensors", data[:100]),
+                       ("tiny.safetensors", data[:5]), ("empty.safetensors", b"")]:
+        p = tmp_path / name
+        p.write_bytes(blob)
+        with pytest.raises(lua_core.CheckpointError) as e:
+            lua_core.load_model(p)
+        msg = str(e.value)
+        assert str(p) in msg and ("truncated" in msg or "empty" in msg), msg
+        assert "HeaderTooLarge" not in msg
+
+
+def test_truncated_pth(tmp_path):
+    good = save_official_pth(make_lua(), tmp_path / "good.pth").read_bytes()
+    p = tmp_path / "partial.pth"
+    p.write_bytes(good[: len(good) // 3])
+    with pytest.raises(lua_core.CheckpointError, match="truncated") as e:
+        lua_core.load_model(p)
+    assert str(p) in str(e.value)
+
+
+def test_not_a_checkpoint(tmp_path):
+    for name, blob in [("notes.safetensors", b"hello, this is text and not a model at all\n" * 10),
+                       ("random.pth", os.urandom(4096))]:
+        p = tmp_path / name
+        p.write_bytes(blob)
+        with pytest.raises(lua_core.CheckpointError) as e:
+            lua_core.load_model(p)
+        assert str(p) in str(e.value)
+
+
+def test_other_model_is_not_recognised(tmp_path):
+    p = tmp_path / "unet.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}, str(p))
+    with pytest.raises(lua_core.CheckpointError, match="not a latent upscaler") as e:
+        lua_core.load_model(p)
+    assert "Supported" in str(e.value)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    p = tmp_path / "evil.pth"
+    torch.save({"params_ema": {"conv_first.weight": torch.zeros(1)}, "x": _RunsCode(marker)}, p)
+    with pytest.raises(lua_core.CheckpointError, match="refused") as e:
+        lua_core.load_model(p)
+    assert str(p) in str(e.value)
+    assert not marker.exists(), "loading executed code from the pickle"
+    # the same through a plain pickle (not a zip container)
+    p2 = tmp_path / "evil_legacy.pt"
+    with open(p2, "wb") as f:
+        pickle.dump(_RunsCode(marker), f)
+    with pytest.raises(lua_core.CheckpointError):
+        lua_core.load_model(p2)
+    assert not marker.exists()
+
+
+def test_weights_that_do_not_match_their_config(tmp_path):
+    model = make_lua()
+    p = lua_core.save_model(model, tmp_path / "m.safetensors")
+    meta = read_metadata(p)
+    cfg = json.loads(meta["config"])
+    cfg["embed_dim"] = 24
+    cfg["num_heads"] = [4]
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(p),
+              metadata={**meta, "config": json.dumps(cfg)})
+    with pytest.raises(lua_core.CheckpointError, match="do not match") as e:
+        lua_core.load_model(p)
+    assert str(p) in str(e.value) and "shape" in str(e.value)
+
+
+def test_missing_tensor_is_named(tmp_path):
+    sd = dict(make_lua().state_dict())
+    del sd["heads.x2.conv_last.bias"]
+    p = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(p))
+    with pytest.raises(lua_core.CheckpointError, match="heads.x2.conv_last.bias"):
+        lua_core.load_model(p)
+
+
+def test_invalid_config_metadata(tmp_path):
+    model = make_lua()
+    p = tmp_path / "m.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(p),
+              metadata={"family": "lua", "config": "{not json"})
+    with pytest.raises(lua_core.CheckpointError, match="not valid JSON"):
+        lua_core.load_model(p)
+
+
+def test_missing_file():
+    with pytest.raises(lua_core.CheckpointError, match="does not exist"):
+        lua_core.load_model("/nonexistent/lua.safetensors")

@@ -1,0 +1,253 @@
+"""upscale_latent on LUA: input validation, exact low-memory plans, OOM retry, tiling, small and
+odd sizes, arbitrary scales and half precision (issues: lua_core foundation; any size/scale)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+import lua_core
+from conftest import ROOT
+from factories import make_lua, tiny_config
+from lua_core.archs.lua import ForwardPlan, estimate_peak, plan_forward, reflect_pad
+from lua_core.tiling import tile_starts
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from lua_baseline import baseline_forward  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def public16(conformance):
+    folder = conformance("public16")
+    return lua_core.load_model(folder / "weights.safetensors"), load_file(folder / "vectors.safetensors")
+
+
+# -- API errors ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.randn(1, 4, 8, 8), "4 channels .*expects 16"),
+    (torch.randn(16, 8, 8), "4 dimensions"),
+    (torch.randn(1, 16, 1, 8, 8), "video latent"),
+    (torch.zeros(0, 16, 8, 8), "empty"),
+    (torch.full((1, 16, 8, 8), float("nan")), "NaN"),
+    (torch.full((1, 16, 8, 8), float("inf")), "NaN or infinite"),
+    (torch.zeros(1, 16, 8, 8, dtype=torch.int64), "floating-point"),
+    ([[1.0]], "torch.Tensor"),
+])
+def test_bad_latents_raise_value_error(bad, match):
+    with pytest.raises(ValueError, match=match):
+        lua_core.upscale_latent(make_lua(), bad, 2)
+
+
+@pytest.mark.parametrize("scale,match", [(5, "x2, x4"), (0.5, ">= 1"), (float("nan"), ">= 1"), ("big", "number")])
+def test_bad_scales_raise_value_error(scale, match):
+    with pytest.raises(ValueError, match=match):
+        lua_core.upscale_latent(make_lua(), torch.randn(1, 16, 8, 8), scale)
+
+
+def test_channel_mismatch_names_the_families():
+    with pytest.raises(ValueError) as e:
+        lua_core.upscale_latent(make_lua(), torch.randn(1, 4, 8, 8), 2)
+    assert "SDXL" in str(e.value) and "FLUX" in str(e.value)
+
+
+def test_output_keeps_input_device_and_dtype():
+    model = make_lua()
+    x = torch.randn(1, 16, 8, 8, dtype=torch.float64)
+    y = lua_core.upscale_latent(model, x, 2)
+    assert y.dtype == torch.float64 and y.device == x.device and y.shape == (1, 16, 16, 16)
+    assert not y.is_inference()  # usable by callers outside inference mode
+
+
+# -- exact low-memory inference -------------------------------------------------------------------
+
+@pytest.mark.parametrize("max_memory", [None, 64 << 20, 4 << 20, 1 << 20, 200_000, 1])
+def test_max_memory_keeps_conformance(public16, max_memory):
+    model, vec = public16
+    for key, out_key, scale in [("input_1", "x4_1", 4), ("input_2", "x2_2", 2)]:
+        y = lua_core.upscale_latent(model, vec[key], scale, max_memory=max_memory)
+        assert (y - vec[out_key]).abs().max().item() <= 1e-4
+
+
+def test_small_budgets_really_chunk(public16):
+    model, vec = public16
+    shape = tuple(vec["input_1"].shape)
+    big = plan_forward(model.config, shape, "x4", None)
+    small = plan_forward(model.config, shape, "x4", 200_000)
+    assert big == ForwardPlan()
+    assert small.head_rows is not None and small.head_rows < shape[2]
+    assert small.chunk_windows is not None and small.chunk_windows < 4
+    assert estimate_peak(model.config, shape, "x4", small) < estimate_peak(model.config, shape, "x4", big)
+
+
+@pytest.mark.parametrize("plan", [ForwardPlan(1, 1, 1), ForwardPlan(3, 5, 7), ForwardPlan(None, 2, None)])
+def test_explicit_plans_are_exact(public16, plan):
+    model, vec = public16
+    x = vec["input_1"]
+    with torch.inference_mode():
+        ref = model(x, "x4")
+        got = model(x, "x4", plan)
+    assert (got - ref).abs().max().item() <= 1e-5
+
+
+def test_out_of_memory_retries_with_smaller_chunks(public16, monkeypatch):
+    model, vec = public16
+    plans = []
+    real = type(model).forward
+
+    def flaky(self, x, head=None, plan=None, progress=None):
+        plans.append(plan)
+        if plan is None or plan.chunk_windows is None or plan.chunk_windows > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, x, head, plan, progress)
+
+    monkeypatch.setattr(type(model), "forward", flaky)
+    y = lua_core.upscale_latent(model, vec["input_1"], 4)
+    assert len(plans) > 2 and plans[-1].chunk_windows == 1
+    assert (y - vec["x4_1"]).abs().max().item() <= 1e-4
+
+
+def test_other_runtime_errors_are_not_retried(public16, monkeypatch):
+    model, vec = public16
+    calls = []
+
+    def broken(self, *a, **k):
+        calls.append(1)
+        raise RuntimeError("some other failure")
+
+    monkeypatch.setattr(type(model), "forward", broken)
+    with pytest.raises(RuntimeError, match="other failure"):
+        lua_core.upscale_latent(model, vec["input_1"], 2)
+    assert len(calls) == 1
+
+
+def test_optimised_forward_matches_the_straightforward_one():
+    model = make_lua(tiny_config(depths=(2, 2), num_heads=(2, 3)), seed=4)
+    x = torch.randn(3, 16, 19, 33)
+    for head in ("x2", "x4"):
+        ref = baseline_forward(model, x, head)
+        assert (lua_core.upscale_latent(model, x, int(head[1])) - ref).abs().max().item() <= 1e-5
+
+
+def test_progress_is_reported_and_cancel_stops():
+    model = make_lua(tiny_config(depths=(2, 2, 2), num_heads=(2, 2, 2)))
+    seen = []
+    lua_core.upscale_latent(model, torch.randn(1, 16, 8, 8), 2, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(done, total):
+        raise Cancelled
+
+    with pytest.raises(Cancelled):
+        lua_core.upscale_latent(model, torch.randn(1, 16, 8, 8), 2, progress=cancel)
+
+
+# -- tiling ---------------------------------------------------------------------------------------
+
+def test_one_tile_covering_the_latent_is_exact(public16):
+    model, vec = public16
+    x = vec["input_1"]
+    one_shot = lua_core.upscale_latent(model, x, 2)
+    assert torch.equal(lua_core.upscale_latent(model, x, 2, tile=max(x.shape[-2:])), one_shot)
+    assert torch.equal(lua_core.upscale_latent(model, x, 2, tile=4096), one_shot)
+
+
+def test_tiles_are_deterministic_and_cover_everything(public16):
+    model, vec = public16
+    x = vec["input_2"]  # 48 x 16
+    a = lua_core.upscale_latent(model, x, 2, tile=16, overlap=8)
+    b = lua_core.upscale_latent(model, x, 2, tile=16, overlap=8)
+    assert torch.equal(a, b) and a.shape == (1, 16, 96, 32) and torch.isfinite(a).all()
+    # not exact (the trunk sees the whole latent), but the same scale of values
+    ref = vec["x2_2"]
+    assert (a - ref).abs().mean() < ref.abs().mean()
+
+
+@pytest.mark.parametrize("length,tile,overlap,align",
+                         [(100, 32, 8, 16), (48, 16, 8, 16), (33, 32, 8, 1), (7, 32, 8, 16)])
+def test_tile_starts_cover_with_overlap(length, tile, overlap, align):
+    starts = tile_starts(length, tile, overlap, align)
+    covered = set()
+    for s in starts:
+        covered |= set(range(s, min(length, s + tile)))
+    assert covered == set(range(length))
+    assert starts == sorted(set(starts)) and starts[0] == 0
+    assert all(s % align == 0 for s in starts[:-1])
+
+
+# -- small and odd sizes ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("h,w", [(1, 1), (1, 9), (2, 3), (5, 5), (8, 8), (8, 20), (7, 7), (16, 8), (3, 40)])
+def test_any_side_from_one(public16, h, w):
+    model, _ = public16
+    x = torch.randn(2, 16, h, w, generator=torch.Generator().manual_seed(h * 100 + w))
+    for s in (2, 4):
+        y = lua_core.upscale_latent(model, x, s)
+        assert y.shape == (2, 16, h * s, w * s) and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize("h,w", [(9, 15), (12, 9), (10, 31)])
+def test_sides_the_official_code_handles_match_it(public16, h, w):
+    model, _ = public16
+    x = torch.randn(1, 16, h, w)
+    assert (lua_core.upscale_latent(model, x, 2) - baseline_forward(model, x, "x2")).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("n,pad", [(1, 15), (2, 14), (5, 11), (8, 8), (9, 7), (3, 40)])
+def test_reflect_pad_extends_numpy_reflect(n, pad):
+    x = torch.randn(1, 2, n, n)
+    ours = reflect_pad(x, pad, pad)
+    ref = np.pad(x.numpy(), ((0, 0), (0, 0), (0, pad), (0, pad)), mode="reflect") if n > 1 else \
+        np.pad(x.numpy(), ((0, 0), (0, 0), (0, pad), (0, pad)), mode="edge")
+    assert np.array_equal(ours.numpy(), ref)
+    if pad < n:
+        assert torch.equal(ours, F.pad(x, (0, pad, 0, pad), mode="reflect"))
+
+
+# -- arbitrary scales ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scale", [1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0])
+def test_scales_between_one_and_four(public16, scale):
+    model, vec = public16
+    x = vec["input_0"]  # 32 x 32
+    y = lua_core.upscale_latent(model, x, scale)
+    assert y.shape == (1, 16, round(32 * scale), round(32 * scale)) and torch.isfinite(y).all()
+    if scale == 1.0:
+        assert torch.equal(y, x)
+    if scale in (2.0, 4.0):
+        assert (y - vec[f"x{int(scale)}_0"]).abs().max().item() <= 1e-4
+
+
+def test_intermediate_scale_downsamples_the_next_head(public16):
+    """x1.5 is the x2 head's output resampled (antialiased bicubic), not the x4 head's."""
+    model, vec = public16
+    x = vec["input_0"]
+    y = lua_core.upscale_latent(model, x, 1.5)
+    expect = F.interpolate(vec["x2_0"], size=(48, 48), mode="bicubic", antialias=True)
+    assert (y - expect).abs().max().item() <= 1e-4
+
+
+# -- precision ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["public16", "public4"])
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 0.25), (torch.float16, 0.05)])
+def test_half_precision_models_and_latents(conformance, name, dtype, tol):
+    folder = conformance(name)
+    vec = load_file(folder / "vectors.safetensors")
+    model = lua_core.load_model(folder / "weights.safetensors", dtype=dtype)
+    x = vec["input_0"]
+    for scale in (2, 4):
+        y = lua_core.upscale_latent(model, x.to(dtype), scale)
+        assert y.dtype == dtype
+        drift = (y.float() - vec[f"x{scale}_0"]).abs().max().item()
+        assert drift <= tol, f"{dtype} drift {drift:.4f}"
+    # an fp32 latent through a half model comes back fp32
+    assert lua_core.upscale_latent(model, x, 2).dtype == torch.float32
