@@ -15,6 +15,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "upscale": ("lua_core.commands.upscale", "upscale latents stored in a safetensors file"),
     "convert": ("lua_core.commands.convert", "convert a checkpoint (.pth) to safetensors with its config"),
+    "download": ("lua_core.commands.download", "download known checkpoints (--list shows them)"),
 }
 
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[argv[0]][0])
     cmd = argparse.ArgumentParser(prog=f"python -m lua_core {argv[0]}", description=COMMANDS[argv[0]][1])
     module.add_arguments(cmd)
-    args = cmd.parse_args(argv[1:])
+    args = cmd.parse_intermixed_args(argv[1:])
     try:
         return int(module.run(args) or 0)
     except ValueError as e:  # our errors are ValueErrors with actionable messages

@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="checkpoint path (.safetensors, .pth, or an LSSGen folder)")
     src.add_argument("--repo", help="known Hugging Face repo id to fetch (default vaskers5/LUA-FLUX)")
-    p.add_argument("--models-dir", default=None, help="where --repo downloads go (default: the HF cache)")
+    p.add_argument("--models-dir", default=None,
+                   help="where --repo downloads go (default: $LUA_MODELS_DIR or ~/.cache/lua_core)")
     p.add_argument("--key", action="append", help="only these tensors (repeatable; default: all)")
     p.add_argument("--latent-format", choices=["flux", "sd3", "sdxl", "sd15"], default=None,
                    help="latent space, for upscalers that need it (LSSGen)")
