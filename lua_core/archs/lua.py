@@ -23,6 +23,7 @@ module trains (see ``lua_core.train``).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -195,6 +196,13 @@ def shift_mask(ws: int, shift: int, last_row: bool, last_col: bool) -> torch.Ten
     return (labels[:, None] != labels[None, :]).float() * -100.0
 
 
+@functools.lru_cache(maxsize=64)
+def _shift_mask_on(ws: int, shift: int, last_row: bool, last_col: bool, device: torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """``shift_mask`` built once per kind, device and dtype (it is a constant)."""
+    return shift_mask(ws, shift, last_row, last_col).to(device=device, dtype=dtype)
+
+
 @dataclass(frozen=True)
 class WindowLayout:
     """A token order in which one kind of block sees its windows as contiguous runs.
@@ -275,10 +283,10 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def position_bias(self) -> torch.Tensor:
-        """(heads, N, N) relative-position bias of this block."""
+        """(heads, N, N) relative-position bias of this block, contiguous (SDPA would copy it otherwise)."""
         n = self.ws * self.ws
-        table = self.relative_position_bias_table
-        return table[self.relative_position_index.view(-1)].view(n, n, -1).permute(2, 0, 1)
+        table = self.relative_position_bias_table.t()
+        return table.index_select(1, self.relative_position_index.view(-1)).view(-1, n, n)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """x: (..., N, C) windows; bias (heads, N, N) or (windows, heads, N, N)."""
@@ -328,7 +336,7 @@ class SwinBlock(nn.Module):
         out = []
         for _, _, last_row, last_col in layout.groups:
             if self.shift and (last_row or last_col):
-                out.append(pos + shift_mask(self.ws, self.shift, last_row, last_col).to(pos.device, pos.dtype))
+                out.append(pos + _shift_mask_on(self.ws, self.shift, last_row, last_col, pos.device, pos.dtype))
             else:
                 out.append(pos)
         return out

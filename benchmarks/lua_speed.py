@@ -1,0 +1,318 @@
+"""LUA benchmarks, run by hand: every number is measured in the same run it is compared with.
+
+    python benchmarks/lua_speed.py speed     # optimised vs baseline forward, and the matmul bound
+    python benchmarks/lua_speed.py memory    # peak working memory, one-shot vs max_memory plans
+    python benchmarks/lua_speed.py pipeline  # LUA x2 + decode vs decode + SwinIR x2 vs bicubic + decode
+    python benchmarks/lua_speed.py tiling    # tiled vs one-shot difference at the default overlap
+    python benchmarks/lua_speed.py drift     # fp16 / bf16 against fp32 on the conformance models
+    python benchmarks/lua_speed.py all
+
+Options: --device cpu|cuda, --dtype fp32|bf16|fp16, --sizes 32,64, --threads N, --repeat N.
+The released FLUX config with random weights is used (speed and memory do not depend on values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from lua_baseline import baseline_forward  # noqa: E402
+from lua_core.archs.lua import LUA, LUAConfig, plan_forward  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def released_model(device: str, dtype: torch.dtype, seed: int = 0) -> LUA:
+    torch.manual_seed(seed)
+    m = LUA(LUAConfig()).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.02)
+    return m.to(device=device, dtype=dtype)
+
+
+def lua_flops(cfg: LUAConfig, b: int, h: int, w: int, head: str) -> float:
+    """Multiply-adds x2 of one forward at the padded size (linear layers, attention, convolutions)."""
+    ws = cfg.window_size
+    hp, wp = h + (ws - h % ws) % ws, w + (ws - w % ws) % ws
+    t = b * hp * wp
+    e, hidden, n = cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio), cfg.ws_eff ** 2
+    per_block = 2 * t * e * (3 * e + e + 2 * hidden) + 4 * t * n * e
+    blocks = sum(cfg.depths) * per_block
+    conv = 2 * t * 9 * (cfg.in_chans * e + (len(cfg.depths) + 1) * e * e)
+    hc = cfg.head(head)
+    nf = hc.num_feat or cfg.head_num_feat
+    head_flops = 2 * t * 9 * e * nf
+    res = t
+    for _ in range({2: 1, 4: 2, 8: 3}.get(hc.scale, 1)):
+        head_flops += 2 * res * 9 * nf * 4 * nf
+        res *= 4
+    head_flops += 2 * res * 9 * nf * hc.out_chans
+    return float(blocks + conv + head_flops)
+
+
+def gemm_rate(device: str, dtype: torch.dtype, tokens: int = 4096, e: int = 360) -> float:
+    """Best FLOP/s of the trunk's own GEMM shapes (tokens x E @ E x 3E, tokens x E @ E x 2E)."""
+    a = torch.randn(tokens, e, device=device, dtype=dtype)
+    ws = [torch.randn(e, k * e, device=device, dtype=dtype) for k in (3, 2, 1)]
+    best = 0.0
+    for _ in range(3):
+        for wmat in ws:
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(10):
+                a @ wmat
+            sync(device)
+            dt = time.perf_counter() - t0
+            best = max(best, 10 * 2 * tokens * e * wmat.shape[1] / dt)
+    return best
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str, repeat: int) -> float:
+    """Best wall time of ``repeat`` calls after one warm-up."""
+    return timed2(fn, device, repeat)[0]
+
+
+def timed2(fn, device: str, repeat: int) -> tuple[float, float]:
+    """Best (wall, process CPU) seconds of ``repeat`` calls after one warm-up.
+
+    On a shared CPU, wall time swings with other processes' load while the process's own CPU time
+    (all threads) stays close to the work done, so both are reported.
+    """
+    fn()
+    best, best_cpu = float("inf"), float("inf")
+    for _ in range(repeat):
+        sync(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        sync(device)
+        best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
+    return best, best_cpu
+
+
+def bench_speed(args) -> list[dict]:
+    dtype = DTYPES[args.dtype]
+    model = released_model(args.device, dtype)
+    rate = gemm_rate(args.device, dtype)
+    print(f"GEMM rate measured now: {rate / 1e9:.0f} GFLOP/s ({args.device}, {args.dtype}, "
+          f"{torch.get_num_threads()} threads)")
+    print(f"{'latent':>8} {'head':>4} {'baseline s':>11} {'ours s':>8} {'ratio':>6} {'cpu ratio':>9} {'GFLOP':>7} "
+          f"{'bound s':>8} {'ours/bound':>10} {'max|diff|':>10}")
+    rows = []
+    for size in args.sizes:
+        x = torch.randn(1, 16, size, size, device=args.device, dtype=dtype)
+        for head in ("x2", "x4"):
+            with torch.inference_mode():
+                ref = baseline_forward(model, x, head)
+                out = model(x, head)
+                diff = (out.float() - ref.float()).abs().max().item()
+                tb, cb = timed2(lambda: baseline_forward(model, x, head), args.device, args.repeat)
+                to, co = timed2(lambda: model(x, head), args.device, args.repeat)
+            flops = lua_flops(model.config, 1, size, size, head)
+            bound = flops / rate
+            rows.append(dict(size=size, head=head, baseline_s=tb, ours_s=to, ratio=to / tb, cpu_ratio=co / cb,
+                             gflop=flops / 1e9, bound_s=bound, ours_over_bound=to / bound, max_abs_diff=diff))
+            print(f"{size:>6}^2 {head:>4} {tb:>11.3f} {to:>8.3f} {to / tb:>6.3f} {co / cb:>9.3f} {flops / 1e9:>7.0f} "
+                  f"{bound:>8.3f} {to / bound:>10.2f} {diff:>10.2e}")
+    return rows
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+_MEM_CHILD = r"""
+import json, resource, sys, torch
+sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
+from lua_speed import released_model
+from lua_core.archs.lua import plan_forward
+device, size, mm = {device!r}, {size}, {max_memory}
+model = released_model(device, torch.float32)
+x = torch.randn(1, 16, size, size, device=device)
+plan = plan_forward(model.config, tuple(x.shape), "x4", mm)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+if device.startswith("cuda"):
+    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); before = torch.cuda.memory_allocated()
+with torch.inference_mode():
+    out = model(x, "x4", plan)
+if device.startswith("cuda"):
+    torch.cuda.synchronize(); peak = torch.cuda.max_memory_allocated() - before
+else:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+print(json.dumps(dict(peak=peak, plan=str(plan), out=list(out.shape), checksum=float(out.double().abs().mean()))))
+"""
+
+
+def bench_memory(args) -> list[dict]:
+    """Peak working memory of x4 to a 4096 px image (128^2 latent -> 512^2), one-shot vs bounded plans.
+
+    Each run is a fresh process: on CPU the peak is the growth of max RSS over the process's state
+    before the forward; on CUDA it is torch.cuda.max_memory_allocated beyond the weights and input.
+    """
+    from lua_core.archs.lua import estimate_peak
+    size = args.memory_size
+    cfg = LUAConfig()
+    rows = []
+    print(f"x4 of a {size}^2 latent ({size * 32} px decoded), released config, fp32, {args.device}")
+    print(f"{'max_memory':>12} {'estimate GiB':>13} {'measured GiB':>13}  plan")
+    ref = None
+    for mm in [None] + [int(g * 2**30) for g in args.budgets]:
+        plan = plan_forward(cfg, (1, 16, size, size), "x4", mm)
+        est = estimate_peak(cfg, (1, 16, size, size), "x4", plan)
+        code = _MEM_CHILD.format(root=str(ROOT), bench=str(ROOT / "benchmarks"), device=args.device, size=size,
+                                 max_memory=mm)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if res.returncode:
+            print(res.stderr[-2000:])
+            continue
+        r = json.loads(res.stdout.strip().splitlines()[-1])
+        ref = r["checksum"] if ref is None else ref
+        rows.append(dict(max_memory=mm, estimate=est, measured=r["peak"], plan=r["plan"],
+                         same_output=abs(r["checksum"] - ref) < 1e-5 * abs(ref)))
+        label = "one-shot" if mm is None else f"{mm / 2**30:.1f} GiB"
+        print(f"{label:>12} {est / 2**30:>13.2f} {r['peak'] / 2**30:>13.2f}  {r['plan']}")
+    if rows:
+        print(f"measured peak, smallest budget vs one-shot: {rows[-1]['measured'] / rows[0]['measured']:.2f}x; "
+              f"outputs identical: {all(r['same_output'] for r in rows)}")
+    return rows
+
+
+# -- pipeline -------------------------------------------------------------------------------------
+
+def _comfy_vae(device: str, channels: int = 16):
+    """A random-weight FLUX-layout VAE decoder built with ComfyUI's own classes (needs .comfyui)."""
+    comfy_dir = os.environ.get("COMFYUI_DIR", str(ROOT / ".comfyui" / "ComfyUI"))
+    sys.path.insert(0, comfy_dir)
+    from comfy.cli_args import args as comfy_args
+    comfy_args.cpu = device == "cpu"
+    from comfy.ldm.modules.diffusionmodules.model import Decoder
+    dd = dict(double_z=True, z_channels=channels, resolution=256, in_channels=3, out_ch=3, ch=128,
+              ch_mult=[1, 2, 4, 4], num_res_blocks=2, attn_resolutions=[], dropout=0.0)
+    torch.manual_seed(0)
+    dec = Decoder(**dd).eval()
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.normal_(0, 0.02)
+    return dec.to(device)
+
+
+def _swinir_x2(device: str):
+    """SwinIR x2 (classical SR: embed 180, 6x6 blocks, window 8) from spandrel, random weights."""
+    from spandrel.architectures.SwinIR.__arch.SwinIR import SwinIR
+    torch.manual_seed(0)
+    m = SwinIR(upscale=2, in_chans=3, img_size=64, window_size=8, img_range=1.0, depths=[6] * 6, embed_dim=180,
+               num_heads=[6] * 6, mlp_ratio=2, upsampler="pixelshuffle", resi_connection="1conv").eval()
+    return m.to(device)
+
+
+def bench_pipeline(args) -> list[dict]:
+    """The paper's comparison at a small size this machine can run: decode at the big size after a
+    latent upscale (LUA or bicubic) vs decode at the small size + a pixel-space SwinIR x2."""
+    lua = released_model(args.device, torch.float32)
+    dec = _comfy_vae(args.device)
+    swinir = _swinir_x2(args.device)
+    rows = []
+    for size in args.pipeline_sizes:
+        z = torch.randn(1, 16, size, size, device=args.device)
+        with torch.inference_mode():
+            t_lua = timed(lambda: dec(lua(z, "x2")), args.device, 1)
+            t_bic = timed(lambda: dec(F.interpolate(z, scale_factor=2, mode="bicubic")), args.device, 1)
+            t_px = timed(lambda: swinir(dec(z).clamp(-1, 1) * 0.5 + 0.5), args.device, 1)
+            t_up = timed(lambda: lua(z, "x2"), args.device, 1)
+            t_sw = timed(lambda: swinir(torch.rand(1, 3, size * 8, size * 8, device=args.device)), args.device, 1)
+        rows.append(dict(latent=size, lua_decode=t_lua, bicubic_decode=t_bic, decode_swinir=t_px,
+                         lua_alone=t_up, swinir_alone=t_sw))
+        print(f"latent {size}^2 -> {size * 16} px: LUA x2 + decode {t_lua:.2f}s | bicubic + decode {t_bic:.2f}s | "
+              f"decode + SwinIR x2 {t_px:.2f}s  ->  LUA pipeline / SwinIR pipeline = {t_lua / t_px:.2f}; "
+              f"upscaler alone: LUA {t_up:.2f}s vs SwinIR {t_sw:.2f}s ({t_up / t_sw:.2f})")
+    return rows
+
+
+# -- tiling and drift ------------------------------------------------------------------------------
+
+def bench_tiling(args) -> list[dict]:
+    from lua_core import upscale_latent
+    model = released_model(args.device, torch.float32)
+    rows = []
+    for size, tile in [(64, 32), (64, 48), (96, 48)]:
+        x = torch.randn(1, 16, size, size, device=args.device)
+        one = upscale_latent(model, x, 2)
+        tiled = upscale_latent(model, x, 2, tile=tile)
+        d = (tiled - one).abs()
+        rows.append(dict(size=size, tile=tile, max_abs=d.max().item(), mean_abs=d.mean().item(),
+                         out_std=one.std().item()))
+        print(f"latent {size}^2 tile {tile} (default overlap {tile // 4}): max |diff| {d.max():.3f}, "
+              f"mean {d.mean():.4f}, output std {one.std():.3f}")
+    return rows
+
+
+def bench_drift(args) -> list[dict]:
+    from safetensors.torch import load_file
+
+    import lua_core
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import DATA, unpack_folder
+    rows = []
+    tmp = Path(os.environ.get("TMPDIR", "/tmp")) / "lua_drift"
+    for name in ("public16", "public4"):
+        folder = unpack_folder(DATA / name, tmp / name)
+        vec = load_file(folder / "vectors.safetensors")
+        man = json.loads((folder / "manifest.json").read_text())
+        for dname in ("bf16", "fp16"):
+            m = lua_core.load_model(folder / "weights.safetensors", dtype=DTYPES[dname])
+            worst = 0.0
+            for c in man["cases"]:
+                y = lua_core.upscale_latent(m, vec[c["input_key"]].to(DTYPES[dname]), c["scale"])
+                worst = max(worst, (y.float() - vec[c["output_key"]]).abs().max().item())
+            absmax = max(abs(c["output_absmax"]) for c in man["cases"])
+            rows.append(dict(model=name, dtype=dname, max_abs=worst, relative=worst / absmax))
+            print(f"{name} {dname}: max |diff| vs fp32 official {worst:.4f} ({100 * worst / absmax:.2f}% of |out| max)")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["speed", "memory", "pipeline", "tiling", "drift", "all"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", choices=list(DTYPES), default="fp32")
+    ap.add_argument("--sizes", default="32,64", help="latent sides for 'speed'")
+    ap.add_argument("--pipeline-sizes", default="32", help="latent sides for 'pipeline'")
+    ap.add_argument("--memory-size", type=int, default=128, help="latent side for 'memory' (x4)")
+    ap.add_argument("--budgets", default="4,2,1", help="max_memory values in GiB for 'memory'")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", help="also write the rows here")
+    args = ap.parse_args()
+    args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.pipeline_sizes = [int(s) for s in args.pipeline_sizes.split(",")]
+    args.budgets = [float(s) for s in args.budgets.split(",")]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, device {args.device}"
+          + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else
+             f", {torch.get_num_threads()} threads"))
+    results = {}
+    for what in (["speed", "memory", "tiling", "drift", "pipeline"] if args.what == "all" else [args.what]):
+        print(f"\n== {what}")
+        results[what] = globals()[f"bench_{what}"](args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
