@@ -15,6 +15,11 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "upscale": ("lua_core.commands.upscale", "upscale latents stored in a safetensors file"),
     "convert": ("lua_core.commands.convert", "convert a checkpoint (.pth) to safetensors with its config"),
+    "prepare": ("lua_core.commands.train_prepare", "training: images -> VAE latent pair shards"),
+    "train": ("lua_core.commands.train", "training: the three-stage LUA curriculum on prepared latents"),
+    "finetune": ("lua_core.commands.train_finetune", "training: adapt a trained LUA to another VAE"),
+    "evaluate": ("lua_core.commands.train_eval", "training: PSNR/LPIPS of a model vs bicubic latent upscaling"),
+    "export": ("lua_core.commands.train_export", "training: a training checkpoint -> safetensors model file"),
     "download": ("lua_core.commands.download", "download known checkpoints (--list shows them)"),
 }
 
