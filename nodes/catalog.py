@@ -1,0 +1,344 @@
+"""The loader's dropdown: which upscalers exist (local files, known downloads), what each option
+value means, and which one ``auto`` picks.
+
+Why a module of its own: the option values are a contract with saved workflows, so their format,
+their parsing and the ``auto`` order live in one place, apart from the node that loads.
+
+Option values (stable; a workflow stores the value it was saved with):
+
+* ``auto``
+* a local file: ``<path relative to latent_upscale_models> [<label>]``, e.g.
+  ``lua_flux.safetensors [LUA · 16ch FLUX/SD3 · x2 x4]``
+* a local LSSGen folder: ``<folder>/ [<label>]``
+* a known download: ``download/<key> [<label>]``, e.g.
+  ``download/city96-sdxl-x2 [city96 · 4ch SDXL · x2 · Apache-2.0]``
+
+The label is for people and is never needed: only the part before `` [`` identifies the entry,
+so a value saved with another label (or none, e.g. written by hand into an API prompt) keeps
+working as long as the file is there. A label depends only on the file's header (local) or the
+registry (downloads), never on whether a download already happened, so values do not change under
+a saved workflow. Labels are read from safetensors headers and ``config.json`` without reading any
+tensor, and cached by path, size and mtime; pickles (``.pth``/``.pt``) get a label only when
+their name is one the registry knows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..lua_core import hub
+from ..lua_core.errors import LuaError
+from ..lua_core.latent_formats import LATENT_SPACES, families_with_channels
+from .probe import WEIGHTS, probe
+
+log = logging.getLogger("ComfyUI-LUA")
+
+FOLDER = "latent_upscale_models"
+AUTO = "auto"
+DOWNLOAD_PREFIX = "download/"
+
+#: ``auto`` prefers families in this order (see ``auto_choice``)
+FAMILY_ORDER = ("lua", "city96", "nnlatentupscale", "lssgen")
+FAMILY_LABELS = {"lua": "LUA", "city96": "city96", "nnlatentupscale": "NNLatentUpscale", "lssgen": "LSSGen"}
+#: the registry's family names where they differ from lua_core's
+_REGISTRY_FAMILY = {"nnlatent": "nnlatentupscale"}
+RESEARCH_USE = "no licence stated: research use"
+#: the upscale node's default scale: ``auto`` prefers upscalers that can do it
+DEFAULT_SCALE = 2.0
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One dropdown entry and what is known about it without loading it."""
+
+    name: str  # "lua_flux.safetensors", "LSSGen-SDXL-VAE-scaler/", "download/lua-flux"
+    family: str | None = None  # lua_core's family name; None: unknown until loaded
+    channels: int | None = None
+    fits: tuple[str, ...] = ()  # latent formats it was made for; () = not known
+    scales: Any = None  # frozenset / ScaleRange (local), tuple / text (registry), None
+    license: str | None = None
+    path: Path | None = None  # local file or folder; None for a download
+    known: hub.KnownCheckpoint | None = field(default=None, compare=False)
+
+    @property
+    def is_download(self) -> bool:
+        return self.path is None
+
+    @property
+    def research_only(self) -> bool:
+        return self.family == "lssgen"
+
+    @property
+    def label(self) -> str:
+        if self.family is None:
+            return ""
+        parts = [FAMILY_LABELS.get(self.family, self.family)]
+        if self.channels:
+            made_for = "/".join(LATENT_SPACES[f].label for f in self.fits) if self.fits else \
+                families_with_channels(self.channels)
+            parts.append(f"{self.channels}ch {made_for}".strip())
+        if self.scales is not None:
+            parts.append(scales_text(self.scales))
+        if self.research_only:
+            parts.append("research use")
+        elif self.license:
+            parts.append(self.license)
+        return " · ".join(parts)
+
+    @property
+    def value(self) -> str:
+        label = self.label
+        return f"{self.name} [{label}]" if label else self.name
+
+    def can_do(self, scale: float) -> bool:
+        """Whether one load serves ``scale`` (None scales: unknown, assumed yes)."""
+        s = self.scales
+        if s is None or isinstance(s, str):
+            return True
+        if isinstance(s, (frozenset, set, tuple, list)):
+            return any(math.isclose(scale, float(x), abs_tol=1e-6) for x in s)
+        return scale in s  # ScaleRange
+
+    def describe(self) -> str:
+        """``name (LUA · 16ch FLUX/SD3 · x2 x4)`` for messages."""
+        label = self.label
+        return f"{self.name} ({label})" if label else self.name
+
+
+def scales_text(scales: Any) -> str:
+    """``x2 x4``, ``x1-2``, ``x1.5``: short, for labels."""
+    if isinstance(scales, str):
+        return "x" + scales.replace(" (any)", "").replace(" ", "")
+    low, high = getattr(scales, "low", None), getattr(scales, "high", None)
+    if low is not None and high is not None:
+        return f"x{low:g}-{high:g}"
+    return " ".join(f"x{float(s):g}" for s in sorted(scales))
+
+
+# ------------------------------------------------------------------------------------------------
+# Local files
+# ------------------------------------------------------------------------------------------------
+def _registry_by_local_name() -> dict[str, hub.KnownCheckpoint]:
+    """Registry entries by the names their files have on disk (raw and converted)."""
+    names: dict[str, hub.KnownCheckpoint] = {}
+    for e in hub.KNOWN:
+        names[e.local_name.lower()] = e
+        stem, ext = os.path.splitext(e.local_name)
+        if ext.lower() in (".pth", ".pt", ".ckpt", ".bin"):
+            names[(stem + ".safetensors").lower()] = e
+    return names
+
+
+def local_choice(path: Path, name: str) -> Choice | None:
+    """The entry for a local file or LSSGen folder; None for a file that is no upscaler we know."""
+    pr = probe(path)
+    if pr.foreign:
+        return None
+    known = _registry_by_local_name().get(Path(name.rstrip("/")).name.lower())
+    family = pr.family or (_REGISTRY_FAMILY.get(known.family, known.family) if known else None)
+    if known is not None and family != _REGISTRY_FAMILY.get(known.family, known.family):
+        known = None  # a file named like a registry entry but holding something else
+    channels = pr.channels or (known.channels if known else None)
+    if pr.latent_format:
+        fits: tuple[str, ...] = (pr.latent_format,)
+    elif known is not None:
+        fits = known.fits
+    elif family == "lua" and channels == 16:
+        fits = ("flux", "sd3")  # the released LUA: trained on FLUX latents, same 16-ch family as SD3
+    else:
+        fits = ()
+    scales = pr.scales if pr.scales is not None else (known.scales if known else None)
+    return Choice(name, family, channels, fits, scales, known.license if known else None, path, known)
+
+
+def local_choices() -> list[Choice]:
+    """Every usable file and LSSGen folder in ``latent_upscale_models`` (all its paths), sorted."""
+    import folder_paths
+
+    out: dict[str, Choice] = {}
+    try:
+        files = folder_paths.get_filename_list(FOLDER)
+    except Exception as e:  # an unreadable folder must not take the node list down
+        log.warning("ComfyUI-LUA: cannot list %s: %s", FOLDER, e)
+        return []
+    for rel in files:
+        rel = rel.replace(os.sep, "/")
+        parent, base = rel.rpartition("/")[0], rel.rpartition("/")[2]
+        full = folder_paths.get_full_path(FOLDER, rel)
+        if full is None:
+            continue
+        if base == WEIGHTS and parent and (Path(full).parent / "config.json").is_file():
+            name, path = parent + "/", Path(full).parent  # an LSSGen folder: one entry for it
+        else:
+            name, path = rel, Path(full)
+        if name in out:
+            continue
+        choice = local_choice(path, name)
+        if choice is not None:
+            out[name] = choice
+    return [out[k] for k in sorted(out, key=str.lower)]
+
+
+def download_choices() -> list[Choice]:
+    """The registry's checkpoints, in registry order."""
+    return [download_choice(e) for e in hub.KNOWN]
+
+
+def download_choice(e: hub.KnownCheckpoint) -> Choice:
+    return Choice(DOWNLOAD_PREFIX + e.key, _REGISTRY_FAMILY.get(e.family, e.family), e.channels, tuple(e.fits),
+                  e.scales, e.license, None, e)
+
+
+def all_choices() -> list[Choice]:
+    return local_choices() + download_choices()
+
+
+def option_values(choices: Iterable[Choice] | None = None) -> list[str]:
+    """The dropdown: ``auto``, local entries, downloads."""
+    return [AUTO] + [c.value for c in (all_choices() if choices is None else choices)]
+
+
+# ------------------------------------------------------------------------------------------------
+# From an option value back to an entry
+# ------------------------------------------------------------------------------------------------
+def name_of(value: str) -> str:
+    """The identifying part of an option value (the label dropped)."""
+    v = value.strip()
+    if v.endswith("]") and " [" in v:
+        return v[: v.rindex(" [")].strip()
+    return v
+
+
+def find(value: str, choices: list[Choice] | None = None) -> Choice:
+    """The entry an option value names, even one not in today's list (another label, a file that
+    is hidden, a value typed into an API prompt). Raises ``LuaError`` saying where it looked."""
+    name = name_of(value)
+    if name.startswith(DOWNLOAD_PREFIX):
+        key = name[len(DOWNLOAD_PREFIX):]
+        try:
+            return download_choice(hub.find_known(key))
+        except LuaError as e:
+            raise LuaError(f"{value!r} is not a download this version of the pack knows: {e} Pick another "
+                           "entry.") from None
+    for c in choices if choices is not None else local_choices():
+        if c.name == name or c.name == name + "/":
+            return c
+    path = _find_path(name)
+    if path is not None:
+        choice = local_choice(path, name)
+        if choice is not None:
+            return choice
+        return Choice(name, path=path)  # loading will say what the file is not
+    raise LuaError(f"{name!r} is not in {FOLDER} (looked in {', '.join(model_dirs()) or 'no folder'}). Put the "
+                   "file there and refresh (R), or pick another entry.")
+
+
+def _find_path(name: str) -> Path | None:
+    import folder_paths
+
+    clean = os.path.relpath(os.path.join("/", name.rstrip("/")), "/")  # cannot leave the folder
+    full = folder_paths.get_full_path(FOLDER, clean)
+    if full is not None:
+        p = Path(full)
+        if p.name == WEIGHTS and (p.parent / "config.json").is_file():
+            return p.parent
+        return p
+    for base in model_dirs():
+        p = Path(base) / clean
+        if p.is_dir() and (p / WEIGHTS).is_file():
+            return p
+    return None
+
+
+def model_dirs() -> list[str]:
+    import folder_paths
+
+    try:
+        return list(folder_paths.get_folder_paths(FOLDER))
+    except KeyError:
+        return []
+
+
+def download_dir() -> Path:
+    """Where downloads go: the first ``latent_upscale_models`` path (ComfyUI's default one)."""
+    dirs = model_dirs()
+    if not dirs:
+        raise LuaError(f"ComfyUI has no {FOLDER} folder configured; add one in extra_model_paths.yaml.")
+    return Path(dirs[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# auto
+# ------------------------------------------------------------------------------------------------
+def _family_rank(c: Choice) -> int:
+    return FAMILY_ORDER.index(c.family) if c.family in FAMILY_ORDER else len(FAMILY_ORDER)
+
+
+def _tier(c: Choice, fmt: str) -> int | None:
+    """Rank group for ``auto`` (lower is better); None: not a candidate. See ``auto_choice``."""
+    if c.is_download:
+        return 2 if fmt in c.fits else None
+    if c.fits and fmt not in c.fits:
+        return 4
+    if not c.can_do(DEFAULT_SCALE):
+        return 3
+    return 0 if c.fits else 1
+
+
+def ranked(choices: Iterable[Choice], fmt: str, channels: int,
+           families: tuple[str, ...] | None = None) -> list[Choice]:
+    """Candidates for a ``fmt`` latent with ``channels`` channels, best first (see ``auto_choice``)."""
+    keyed = []
+    for c in choices:
+        if c.channels != channels or (families is not None and c.family not in families):
+            continue
+        tier = _tier(c, fmt)
+        if tier is None:
+            continue
+        keyed.append(((tier, 0 if c.can_do(DEFAULT_SCALE) else 1, _family_rank(c), c.name.lower()), c))
+    return [c for _, c in sorted(keyed, key=lambda kc: kc[0])]
+
+
+def auto_choice(choices: list[Choice], fmt: str | None, channels: int | None) -> Choice:
+    """What ``auto`` loads.
+
+    With a MODEL (``fmt``, ``channels``): the upscalers with the latent's channel count, in tiers:
+
+    0. local files made for this latent format that do x2 (the upscale node's default scale);
+    1. local files of unknown make (no registry name, no metadata) that do x2;
+    2. downloads made for this format;
+    3. local files made for it that cannot do x2 (e.g. city96 x1.5: it would fail at the default);
+    4. local files made for another format with the same channel count (a last resort).
+
+    Within a tier: those that do x2 first; then LUA, city96 v2.1, NNLatentUpscale, LSSGen; then by
+    name. So ``auto`` does not
+    download while a fitting x2-capable file is on disk (what you put there is what you chose),
+    prefers the small, exact-factor, Apache-2.0 city96 x2 for SDXL/SD1.5 over the GPL-3.0
+    NNLatentUpscale, and never downloads LSSGen (no licence stated): a download of LUA or city96
+    always ranks first.
+
+    Without a MODEL: the LUA FLUX checkpoint, a local 16-channel LUA file first.
+    """
+    if fmt is None:
+        found = ranked(choices, "flux", 16, families=("lua",))
+        if found:
+            return found[0]
+        return download_choice(hub.find_known("lua-flux"))
+    found = ranked(choices, fmt, channels or LATENT_SPACES[fmt].channels)
+    if not found:
+        raise LuaError(f"no upscaler fits {LATENT_SPACES[fmt].label} latents ({channels} channels), and none can "
+                       "be downloaded for them.")
+    return found[0]
+
+
+def fitting_names(choices: Iterable[Choice], fmt: str | None, channels: int) -> list[str]:
+    """Names of the entries that would fit (for mismatch messages), best first."""
+    if fmt is not None:
+        return [c.name for c in ranked(choices, fmt, channels)]
+    return [c.name for c in choices if c.channels == channels]

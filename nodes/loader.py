@@ -1,0 +1,233 @@
+"""``LUA_LoadModel`` ("Load LUA Model"): a local or downloadable latent upscaler -> ``LUA_MODEL``.
+
+Why more than ComfyUI's ``LatentUpscaleModelLoader``: users rarely know which of four families fits
+their model, so the loader can read the connected MODEL's latent format, refuse a checkpoint that
+cannot take its latents before anything is downloaded, and pick one itself (``auto``). Loaded
+models are cached and handed to ``comfy.model_management`` through one ModelPatcher per file and
+dtype, so a second run (or a second loader node) does not rebuild or reload anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from pathlib import Path
+from typing import Any
+
+import torch
+from comfy_api.latest import io
+
+from ..lua_core.errors import LuaError
+from . import catalog
+from .handle import LUAModel, LUAModelHandle, new_patcher
+from .probe import stamp
+
+log = logging.getLogger("ComfyUI-LUA")
+
+NODE_ID = "LUA_LoadModel"
+DISPLAY_NAME = "Load LUA Model"
+DTYPES: dict[str, torch.dtype | None] = {"auto": None, "fp32": torch.float32, "fp16": torch.float16,
+                                         "bf16": torch.bfloat16}
+
+#: (path, size, mtime, dtype) -> ModelPatcher. Weak: an entry lives as long as ComfyUI holds the model
+#: (an output cache, a running prompt), so switching models never keeps the old one in memory.
+_PATCHERS: weakref.WeakValueDictionary[tuple, Any] = weakref.WeakValueDictionary()
+
+
+class LoadLUAModel(io.ComfyNode):
+    """Loads (and, the first time, downloads) a latent upscaler for Latent Upscale (LUA)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=NODE_ID,
+            display_name=DISPLAY_NAME,
+            category="loaders",
+            description=(
+                "Loads a latent upscale model for the Latent Upscale (LUA) node: LUA for FLUX/SD3 latents, "
+                "city96 SD-Latent-Upscaler, NNLatentUpscale or LSSGen for SDXL/SD1.5. Upscale the latent "
+                "x2/x4 before the VAE decode or a hires fix pass, with no pixel-space upscaler. 'auto' picks "
+                "one that fits the connected MODEL (without one: LUA for FLUX); download/ entries are fetched "
+                "into models/latent_upscale_models on first use. LSSGen weights: no licence stated, research "
+                "use only."),
+            inputs=[
+                io.Combo.Input(
+                    "model_name", options=catalog.option_values(), default=catalog.AUTO,
+                    tooltip=(
+                        "auto: the best upscaler for the connected MODEL's latents (a file on disk first, "
+                        "else a download); without a MODEL, LUA for FLUX. Files come from "
+                        "models/latent_upscale_models, labelled [family · channels · scales]. download/ "
+                        "entries are fetched there the first time they run. 'research use': LSSGen, no "
+                        "licence stated.")),
+                io.Combo.Input(
+                    "dtype", options=list(DTYPES), default="auto",
+                    tooltip=("Weights precision. auto: fp32 on the CPU; on a GPU bf16 where ComfyUI would use it, "
+                             "else fp16 where supported, else fp32.")),
+                io.Model.Input(
+                    "model", optional=True,
+                    tooltip=("Optional: the diffusion model whose latents you upscale. Its latent format lets "
+                             "'auto' choose, refuses an upscaler for other latents before any download, and "
+                             "tells LSSGen which latent space it works in.")),
+            ],
+            outputs=[LUAModel.Output(tooltip="The loaded upscaler, for Latent Upscale (LUA).")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, model_name: str) -> bool | str:
+        """Accept any value that names an existing entry, with or without today's label (saved
+        workflows keep working after a label changes); say where we looked otherwise."""
+        if model_name == catalog.AUTO:
+            return True
+        try:
+            catalog.find(model_name)
+        except LuaError as e:
+            return f"{DISPLAY_NAME}: {e}"
+        return True
+
+    @classmethod
+    def execute(cls, model_name: str, dtype: str = "auto", model: Any = None) -> io.NodeOutput:
+        try:
+            return io.NodeOutput(load(model_name, dtype, model))
+        except LuaError as e:
+            raise ValueError(f"{DISPLAY_NAME}: {e}") from None
+
+
+def load(model_name: str, dtype: str = "auto", model: Any = None) -> LUAModelHandle:
+    """The node's work, callable from other nodes: resolve, check, fetch, load (cached), wrap."""
+    torch_dtype = resolve_dtype(dtype)
+    fmt, channels = model_latent(model)
+    local = catalog.local_choices()
+    if model_name == catalog.AUTO:
+        choice = catalog.auto_choice(local + catalog.download_choices(), fmt, channels)
+        log.info("ComfyUI-LUA: auto picked %s for %s latents", choice.name, fmt or "FLUX (no MODEL connected)")
+    else:
+        choice = catalog.find(model_name, local)
+    if channels is not None and choice.channels is not None and choice.channels != channels:
+        raise LuaError(mismatch_message(choice.describe(), choice.channels, fmt, channels, local))
+    path = materialise(choice)
+    patcher = cached_patcher(path, torch_dtype)
+    upscaler = patcher.model.upscaler
+    if channels is not None and upscaler.latent_channels != channels:  # a file whose header told nothing
+        loaded = catalog.Choice(choice.name, upscaler.family, upscaler.latent_channels, scales=upscaler.native_scales)
+        raise LuaError(mismatch_message(loaded.describe(), upscaler.latent_channels, fmt, channels, local))
+    if upscaler.family == "lssgen":
+        log.warning("ComfyUI-LUA: %s is an LSSGen upsampler: %s.", choice.name, catalog.RESEARCH_USE)
+    info = {"path": str(path), "family": upscaler.family, "source": "download" if choice.is_download else "local",
+            "dtype": str(torch_dtype).removeprefix("torch.")}
+    if choice.research_only or upscaler.family == "lssgen":
+        info["license"] = catalog.RESEARCH_USE
+    elif choice.license:
+        info["license"] = choice.license
+    return LUAModelHandle(patcher, choice.name, fmt, info)
+
+
+def model_latent(model: Any) -> tuple[str | None, int | None]:
+    """(format name, channels) of a connected MODEL, from ``get_model_object("latent_format")``."""
+    if model is None:
+        return None, None
+    from ..lua_core.latent_formats import format_name
+
+    try:
+        lf = model.get_model_object("latent_format")
+    except Exception:
+        raise LuaError("the model input is not a diffusion MODEL with a latent format; connect the MODEL from "
+                       "your checkpoint loader, or leave the input empty.") from None
+    channels = int(getattr(lf, "latent_channels", 0)) or None
+    try:
+        return format_name(lf), channels
+    except LuaError:
+        raise LuaError(f"the connected MODEL uses ComfyUI's {type(lf).__name__} latent format ({channels} channels); "
+                       "these upscalers are made for FLUX, SD3, SDXL and SD1.5 latents. Disconnect the model input "
+                       "to load a checkpoint anyway.") from None
+
+
+def mismatch_message(what: str, has: int, fmt: str | None, channels: int, local: list[catalog.Choice]) -> str:
+    from ..lua_core.latent_formats import LATENT_SPACES, families_with_channels
+
+    label = LATENT_SPACES[fmt].label if fmt else families_with_channels(channels)
+    fits = catalog.fitting_names(local + catalog.download_choices(), fmt, channels)
+    shown = ", ".join(fits[:8]) + (f" (and {len(fits) - 8} more)" if len(fits) > 8 else "")
+    return (f"{what} takes {has}-channel latents, but the connected MODEL makes {channels}-channel {label} latents. "
+            f"Upscalers that fit: {shown or 'none'}. Pick one of them, or 'auto'.")
+
+
+def materialise(choice: catalog.Choice) -> Path:
+    """A path ``load_model`` can read: the local file (a pickle converted to safetensors once) or the
+    download, fetched into the models folder with ComfyUI's progress bar the first time."""
+    from ..lua_core import ensure_safetensors
+
+    if not choice.is_download:
+        return Path(ensure_safetensors(choice.path)) if choice.path.is_file() else choice.path
+    import comfy.model_management as mm
+    import comfy.utils
+
+    from ..lua_core import hub
+
+    entry, dest = choice.known, catalog.download_dir()
+    converted = _kept_conversion(entry, dest)
+    if converted is not None:
+        return converted
+    if not entry.is_present(dest):
+        log.info("ComfyUI-LUA: downloading %s (%s) into %s", entry.key, entry.source_text, dest)
+    bar = comfy.utils.ProgressBar(1)
+
+    def progress(done: int, total: int) -> None:
+        mm.throw_exception_if_processing_interrupted()  # a cancel stops waiting for the download
+        bar.update_absolute(done, max(total, done, 1))
+
+    try:
+        return hub.fetch(entry, dest, progress=progress)
+    except ImportError as e:
+        raise LuaError(f"downloading {entry.key} needs the Python package {e.name or e}: run pip install -r "
+                       "requirements.txt in ComfyUI's Python, or put the file into "
+                       f"{dest} by hand.") from None
+
+
+def _kept_conversion(entry: Any, dest: Path) -> Path | None:
+    """The safetensors conversion of a downloaded pickle whose original was deleted to save space
+    (the registry only knows the pickle, so the hub would download it again)."""
+    from ..lua_core.checkpoints import META_SOURCE, PICKLE_SUFFIXES, converted_path, read_metadata
+
+    if len(entry.files) != 1 or not entry.local_name.lower().endswith(PICKLE_SUFFIXES):
+        return None
+    if (dest / entry.local_name).is_file():
+        return None  # fetch checks the conversion is current
+    conv = converted_path(dest / entry.local_name)
+    if conv.is_file() and read_metadata(conv).get(META_SOURCE) == entry.local_name:
+        return conv
+    return None
+
+
+def resolve_dtype(choice: str) -> torch.dtype:
+    """``auto``: fp32 on the CPU; on a GPU bf16 where ``should_use_bf16`` says so, else fp16 where
+    ``should_use_fp16`` does, else fp32 (the same tests ComfyUI applies to its own models)."""
+    if choice not in DTYPES:
+        raise LuaError(f"dtype must be one of {', '.join(DTYPES)}, not {choice!r}.")
+    fixed = DTYPES[choice]
+    if fixed is not None:
+        return fixed
+    import comfy.model_management as mm
+
+    device = mm.get_torch_device()
+    if mm.is_device_cpu(device):
+        return torch.float32
+    if mm.should_use_bf16(device):
+        return torch.bfloat16
+    if mm.should_use_fp16(device):
+        return torch.float16
+    return torch.float32
+
+
+def cached_patcher(path: Path, dtype: torch.dtype) -> Any:
+    """The ModelPatcher for ``path`` in ``dtype``: reused while ComfyUI still holds it, else built."""
+    from ..lua_core import load_model
+
+    key = (*stamp(path), str(dtype))
+    patcher = _PATCHERS.get(key)
+    if patcher is None:
+        patcher = new_patcher(load_model(path, device="cpu", dtype=dtype))
+        _PATCHERS[key] = patcher
+    return patcher
+
+
+NODES: list[type[io.ComfyNode]] = [LoadLUAModel]

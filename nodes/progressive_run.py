@@ -1,0 +1,157 @@
+"""The work behind the progressive nodes: the stage loop and the re-noising of a LATENT.
+
+Why apart from the node classes: the nodes stay thin schemas, and this is the part that talks to
+ComfyUI's sampling (``comfy.sample.sample``, ``prepare_noise``, the progress bar, previews,
+interruption) and to the pack's upscaler handle. Definitions: docs/progressive.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from ..lua_core.errors import LuaError
+from ..lua_core.latent_formats import families_with_channels, format_name
+from .handle import LUAModelHandle, run_upscale
+from .progressive_noise import renoise, schedule, stage_sigmas, uses_flux_shift, with_flux_shift
+from .progressive_plan import FLUX_BASE_SHIFT, FLUX_MAX_SHIFT, Stage, plan_stages, schedule_length
+
+log = logging.getLogger(__name__)
+
+MAX_SEED = 0xFFFFFFFFFFFFFFFF
+
+
+def stage_seed(seed: int, stage: int) -> int:
+    """Stage k's noise seed: ``seed + k`` (stage 0 is then exactly KSampler with ``seed``); distinct
+    seeds because noise of different sizes from one seed would share its first values."""
+    return (int(seed) + stage) % (MAX_SEED + 1)
+
+
+def upscaler_latent_format(model: Any) -> Any:
+    """The MODEL's ComfyUI latent format, when lua_core knows it (families trained on scaled latents,
+    like LSSGen's, need it); None for formats it does not know."""
+    latent_format = model.get_model_object("latent_format")
+    try:
+        format_name(latent_format)
+    except LuaError:
+        return None
+    return latent_format
+
+
+def upscale_stage(samples: torch.Tensor, size: tuple[int, int], scale: float, *, model: Any,
+                  upscale_model: LUAModelHandle | None, interpolation: str) -> torch.Tensor:
+    """Upscale one stage's denoised latent to the next stage's ``size`` (raw latents in, raw out)."""
+    import comfy.utils
+    h, w = size
+    if upscale_model is None:
+        return comfy.utils.common_upscale(samples, w, h, interpolation, "disabled")
+    out = run_upscale(upscale_model, samples, scale, latent_format=upscaler_latent_format(model))
+    if tuple(out.shape[-2:]) != (h, w):  # a family that sizes its output its own way
+        out = comfy.utils.common_upscale(out, w, h, "bicubic", "disabled")
+    return out
+
+
+def check_upscaler(upscale_model: LUAModelHandle | None, channels: int) -> None:
+    """Refuse a channel mismatch before any sampling, not after the first stage's work."""
+    if upscale_model is not None and upscale_model.latent_channels != channels:
+        fits = families_with_channels(upscale_model.latent_channels) or f"{upscale_model.latent_channels}-channel"
+        have = families_with_channels(channels) or f"{channels}-channel"
+        raise ValueError(f"LUA Progressive Sampler: the upscaler {upscale_model.describe()} takes {fits} latents, "
+                         f"but this MODEL's latents have {channels} channels ({have}). Load an upscaler for "
+                         "this model, or leave upscale_model unconnected to interpolate.")
+
+
+def _step_callback(model: Any, pbar: Any, offset: int, total: int) -> Any:
+    """Per-step callback: the overall progress bar (with ComfyUI's latent preview) and a cancel check."""
+    import comfy.model_management
+    import latent_preview
+    previewer = latent_preview.get_previewer(model.load_device, model.model.latent_format)
+
+    def callback(step: int, x0: torch.Tensor, x: torch.Tensor, stage_total: int) -> None:
+        preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer else None
+        pbar.update_absolute(offset + step + 1, total, preview)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+
+    return callback
+
+
+def run_progressive(model: Any, positive: Any, negative: Any, latent: dict, *, seed: int, stages: int,
+                    scale: float, steps: int, stage_steps: str, cfg: float, sampler_name: str, scheduler: str,
+                    strength: float, upscale_method: str = "bicubic", flux_shift_per_stage: bool = True,
+                    max_shift: float = FLUX_MAX_SHIFT, base_shift: float = FLUX_BASE_SHIFT,
+                    upscale_model: LUAModelHandle | None = None) -> tuple[dict, list[dict]]:
+    """The sampler node's work: (final LATENT, every stage's denoised LATENT)."""
+    import comfy.sample
+    import comfy.utils
+
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    if samples.ndim != 4:
+        raise ValueError(f"the progressive sampler takes image latents [B, C, H, W], got shape {tuple(samples.shape)}")
+    check_upscaler(upscale_model, samples.shape[1])
+    plan = plan_stages(samples.shape[-2], samples.shape[-1], stages=stages, scale=scale, steps=steps,
+                       stage_steps=stage_steps, strength=strength)
+    flux = flux_shift_per_stage and uses_flux_shift(model)
+    batch_index = latent.get("batch_index")
+    total = sum(stage.steps for stage in plan)
+    pbar = comfy.utils.ProgressBar(total)
+    disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
+    outputs: list[dict] = []
+    done = 0
+    for stage in plan:
+        if stage.index > 0:
+            samples = upscale_stage(samples, (stage.height, stage.width), scale, model=model,
+                                    upscale_model=upscale_model, interpolation=upscale_method)
+        stage_model, shift = model, None
+        if flux:
+            stage_model, shift = with_flux_shift(model, stage.height, stage.width, max_shift, base_shift)
+        sigmas = stage_sigmas(stage_model, stage.steps, stage.denoise, sampler_name, scheduler)
+        _log_stage(stage, sigmas, shift)
+        noise = comfy.sample.prepare_noise(samples, stage_seed(seed, stage.index), batch_index)
+        callback = _step_callback(stage_model, pbar, done, total)
+        samples = comfy.sample.sample(stage_model, noise, stage.steps, cfg, sampler_name, scheduler, positive,
+                                      negative, samples, denoise=stage.denoise, noise_mask=latent.get("noise_mask"),
+                                      sigmas=sigmas, callback=callback, disable_pbar=disable_pbar,
+                                      seed=stage_seed(seed, stage.index))
+        done += stage.steps
+        outputs.append(_latent_like(latent, samples, keep_mask=False))
+    return _latent_like(latent, samples, keep_mask=True), outputs
+
+
+def _latent_like(latent: dict, samples: torch.Tensor, keep_mask: bool) -> dict:
+    out = {k: v for k, v in latent.items() if keep_mask or k != "noise_mask"}
+    out["samples"] = samples
+    return out
+
+
+def _log_stage(stage: Stage, sigmas: torch.Tensor, shift: float | None) -> None:
+    extra = f", FLUX shift {shift:.4f}" if shift is not None else ""
+    log.info("LUA progressive stage %d: latent %dx%d, %d steps, denoise %.2f, start sigma %.4f%s",
+             stage.index + 1, stage.width, stage.height, stage.steps, stage.denoise, float(sigmas[0]), extra)
+
+
+def renoise_latent(model: Any, latent: dict, *, seed: int, strength: float, steps: int, sampler_name: str,
+                   scheduler: str, sigma: float = 0.0) -> tuple[dict, int, int, float, torch.Tensor]:
+    """The re-noise node's work: (noisy LATENT, KSamplerAdvanced steps, start_at_step, sigma, sigmas)."""
+    import comfy.sample
+    if strength <= 0.0 and sigma <= 0.0:
+        raise ValueError("strength 0 adds no noise and leaves nothing to sample: use a strength above 0")
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    if sigma > 0.0:
+        full = schedule(model, steps, sampler_name, scheduler)
+        start = next(i for i, s in enumerate(full.tolist()) if s <= sigma or i == len(full) - 1)
+        total = steps
+        rest = full[start:]
+        sigmas = rest if abs(float(rest[0]) - sigma) <= 1e-6 * max(1.0, sigma) else torch.cat(
+            [torch.tensor([float(sigma)]), rest])
+        start_sigma = float(sigma)
+    else:
+        total = schedule_length(steps, strength)
+        start = total - steps
+        sigmas = schedule(model, total, sampler_name, scheduler)[start:]
+        start_sigma = float(sigmas[0])
+    noise = comfy.sample.prepare_noise(samples, seed, latent.get("batch_index"))
+    out = dict(latent)
+    out["samples"] = renoise(model, samples, start_sigma, noise)
+    return out, total, start, start_sigma, sigmas

@@ -1,0 +1,149 @@
+"""``LUA_LatentUpscale`` ("Latent Upscale (LUA)"): LATENT + LUA_MODEL + scale -> LATENT.
+
+Why the LATENT handling lives here and not in ``lua_core``: a ComfyUI LATENT is a dict whose other
+keys (``batch_index``, ``noise_mask``, ...) must survive an upscale, and 5-D video-shaped latents
+with one frame come from some loaders; ``lua_core`` only ever sees [B, C, H, W].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from comfy_api.latest import io
+
+from ..lua_core.errors import LuaError
+from .handle import LUAModel, LUAModelHandle, run_upscale
+
+NODE_ID = "LUA_LatentUpscale"
+DISPLAY_NAME = "Latent Upscale (LUA)"
+LATENT_FORMATS = ("auto", "flux", "sd3", "sdxl", "sd15")
+
+
+class LatentUpscaleLUA(io.ComfyNode):
+    """Upscales a latent with a loaded latent upscaler, before the VAE decode or a hires fix pass."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=NODE_ID,
+            display_name=DISPLAY_NAME,
+            category="latent/upscaling",
+            description=(
+                "Upscale a latent x1-x4 with a latent upscaler model (LUA for FLUX/SD3; city96, NNLatentUpscale "
+                "or LSSGen for SDXL/SD1.5) from Load LUA Model. Use it right before the VAE decode for 2K-4K "
+                "output without a second diffusion pass, or before a low-denoise hires fix pass. Keeps "
+                "batch_index and resizes the noise mask."),
+            inputs=[
+                io.Latent.Input("samples", tooltip="The latent to upscale (any batch size)."),
+                LUAModel.Input("upscale_model", tooltip="From Load LUA Model."),
+                io.Float.Input(
+                    "scale", default=2.0, min=1.0, max=4.0, step=0.25,
+                    tooltip=("Factor for width and height. LUA: x2 and x4 exactly, in between through the x4 head "
+                             "resized down; city96: the factor in its file name; NNLatentUpscale: 1-2; "
+                             "LSSGen: x2, x4.")),
+                io.Combo.Input(
+                    "latent_format", options=list(LATENT_FORMATS), default="auto",
+                    tooltip=("Which model made the latent. auto: the MODEL connected to Load LUA Model. Only LSSGen "
+                             "needs it (it works in the model's scaled latent space); set it when no MODEL is "
+                             "connected there.")),
+                io.Int.Input(
+                    "tile", default=0, min=0, max=1024, step=8, optional=True,
+                    tooltip=("0 = off (exact; memory is handled automatically). Otherwise tile size in latent "
+                             "pixels, to bound memory on huge latents: approximate, seams may differ slightly.")),
+            ],
+            outputs=[io.Latent.Output()],
+        )
+
+    @classmethod
+    def execute(cls, samples: dict, upscale_model: LUAModelHandle, scale: float, latent_format: str = "auto",
+                tile: int = 0) -> io.NodeOutput:
+        try:
+            return io.NodeOutput(upscale(samples, upscale_model, scale, latent_format, tile))
+        except LuaError as e:
+            raise ValueError(f"{DISPLAY_NAME}: {e}") from None
+
+
+def upscale(samples: dict, handle: LUAModelHandle, scale: float, latent_format: str = "auto",
+            tile: int = 0) -> dict:
+    """The node's work on a LATENT dict; raises ``LuaError`` with the fix for every user mistake."""
+    import comfy.utils
+
+    latent = samples.get("samples") if isinstance(samples, dict) else None
+    if not isinstance(latent, torch.Tensor):
+        got = type(latent).__name__ if latent is not None else "nothing"
+        raise LuaError(f"the samples input holds {got}, not one latent tensor; connect an image LATENT (e.g. from "
+                       "a KSampler).")
+    if not isinstance(handle, LUAModelHandle):
+        raise LuaError("upscale_model must come from Load LUA Model.")
+    video = latent.ndim == 5
+    if video:
+        if latent.shape[2] != 1:
+            raise LuaError(f"the latent is a video latent with {latent.shape[2]} frames {tuple(latent.shape)}; these "
+                           "upscalers are image models. Upscale one frame (T=1) at a time, or use a video "
+                           "upscaler.")
+        latent = latent[:, :, 0]
+    if latent.ndim != 4:
+        raise LuaError(f"the latent has shape {tuple(latent.shape)}; expected [batch, channels, height, width].")
+    check_channels(latent.shape[1], handle)
+    fmt = pick_format(latent_format, handle, latent.shape[1])
+    batch = latent.shape[0]
+    bar = comfy.utils.ProgressBar(batch * 100)
+    out = run_upscale(handle, latent, scale, latent_format=fmt, tile=tile or None,
+                      progress=lambda done, total: bar.update_absolute(done, total))
+    result = dict(samples)
+    result["samples"] = out.unsqueeze(2) if video else out
+    mask = samples.get("noise_mask")
+    if isinstance(mask, torch.Tensor) and mask.ndim >= 2:
+        result["noise_mask"] = resize_mask(mask, latent.shape[-2:], out.shape[-2:])
+    return result
+
+
+def check_channels(channels: int, handle: LUAModelHandle) -> None:
+    from ..lua_core.latent_formats import families_with_channels
+
+    has = handle.latent_channels
+    if channels == has:
+        return
+    made = families_with_channels(channels) or "another model family"
+    raise LuaError(f"the latent has {channels} channels ({made}) but {handle.name} is a {has}-channel "
+                   f"{handle.upscaler.family} upscaler ({families_with_channels(has) or 'other latents'}). In Load LUA "
+                   f"Model, pick an upscaler for {channels}-channel latents, or connect your MODEL to its model "
+                   "input and choose 'auto'.")
+
+
+def pick_format(choice: str, handle: LUAModelHandle, channels: int) -> str | None:
+    """The latent format to pass on: the node's choice, else the loader's MODEL; errors when a model
+    that needs one (LSSGen) gets none, or when it contradicts the latent's channel count."""
+    from ..lua_core.latent_formats import LATENT_SPACES
+
+    if choice not in LATENT_FORMATS:
+        raise LuaError(f"latent_format must be one of {', '.join(LATENT_FORMATS)}, not {choice!r}.")
+    fmt = handle.latent_format if choice == "auto" else choice
+    if fmt is None:
+        if handle.upscaler.needs_latent_format:
+            raise LuaError(f"{handle.name} ({handle.upscaler.family}) works in the diffusion model's scaled latent "
+                           "space and needs to know which model made the latent: set latent_format (flux, sd3, "
+                           "sdxl or sd15), or connect the MODEL to Load LUA Model's model input.")
+        return None
+    space = LATENT_SPACES[fmt]
+    if space.channels != channels:
+        where = "the MODEL connected to Load LUA Model" if choice == "auto" else f"latent_format={fmt}"
+        raise LuaError(f"{where} says {space.label} ({space.channels}-channel latents) but the latent has {channels} "
+                       "channels. Set latent_format to the model that made this latent.")
+    return fmt
+
+
+def resize_mask(mask: torch.Tensor, before: torch.Size, after: torch.Size) -> torch.Tensor:
+    """Bilinear resize of a noise mask by the latent's own factor, keeping the mask's resolution
+    relative to the latent (masks are often at pixel resolution, 8x the latent)."""
+    mh, mw = mask.shape[-2:]
+    th = max(1, round(mh * after[0] / before[0]))
+    tw = max(1, round(mw * after[1] / before[1]))
+    lead = mask.shape[:-2]
+    flat = mask.reshape(-1, 1, mh, mw).to(torch.float32)
+    out = F.interpolate(flat, size=(th, tw), mode="bilinear", align_corners=False)
+    return out.reshape(*lead, th, tw).to(mask.dtype)
+
+
+NODES: list[type[io.ComfyNode]] = [LatentUpscaleLUA]
+

@@ -1,0 +1,605 @@
+"""The pack's nodes inside a real ComfyUI 0.3.75, in this process (no mocks of comfy).
+
+Why: registration, the loader's dropdown and ``auto``, channel checks, LATENT handling, the model
+cache, downloads and cancel all talk to ComfyUI's own objects (``folder_paths``, ModelPatcher,
+``model_management``, ProgressBar, the executor's validation). Each test gets a private
+``latent_upscale_models`` folder holding exactly the files it places, so ``auto`` is decided by
+what the test put there; downloads are refused (``HF_HUB_OFFLINE=1``) except against the local
+fake hub of ``tests/hubserver.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import torch
+
+from factories import make_lua, save_official_pth, tiny_config
+from hubserver import HubServer
+
+from . import harness
+
+LOADER, UPSCALE = "LUA_LoadModel", "LUA_LatentUpscale"
+SDXL_X2 = "latent-upscaler-v2.1_SDxl-x2.0.safetensors"
+SD15_X2 = "latent-upscaler-v2.1_SDv1-x2.0.safetensors"
+FORMATS = {"SD15": ("sd15", 4), "SDXL": ("sdxl", 4), "SD3": ("sd3", 16), "Flux": ("flux", 16)}
+
+
+# --------------------------------------------------------------------------------------------------
+# fixtures and helpers
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test here may reach the internet: downloads are refused unless a test opts in."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def upscale_dir(comfy_inproc: harness.InProcComfy, lua_pack: ModuleType, tmp_path: Path) -> Iterator[Path]:
+    """A private, empty ``latent_upscale_models`` (ComfyUI's folder entry pointed at it, then restored)."""
+    fp = comfy_inproc.folder_paths
+    saved = fp.folder_names_and_paths["latent_upscale_models"]
+    folder = tmp_path / "latent_upscale_models"
+    folder.mkdir()
+    fp.folder_names_and_paths["latent_upscale_models"] = ([str(folder)], set(saved[1]))
+    try:
+        yield folder
+    finally:
+        fp.folder_names_and_paths["latent_upscale_models"] = saved
+        fp.filename_list_cache.pop("latent_upscale_models", None)
+
+
+@pytest.fixture
+def progress_calls() -> Iterator[list[tuple[int, int]]]:
+    """ComfyUI's global progress-bar hook, recording ``(value, total)`` for this test."""
+    import comfy.utils
+
+    calls: list[tuple[int, int]] = []
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: calls.append((value, total)))
+    try:
+        yield calls
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old)
+
+
+def pack_module(lua_pack: ModuleType, name: str) -> ModuleType:
+    """A submodule of the pack as ComfyUI imported it (``<pack>.nodes.catalog``...)."""
+    return sys.modules[f"{lua_pack.__name__}.{name}"]
+
+
+def place_lua(folder: Path, name: str = "lua_flux.pth", **config: Any) -> Path:
+    """A generated official-format LUA checkpoint (random seeded weights)."""
+    return save_official_pth(make_lua(tiny_config(**config)), folder / name)
+
+
+def place_city96(folder: Path, conformance: Callable[[str], Path], name: str = SDXL_X2) -> Path:
+    """A city96 v2.1 file (the scale comes from the name: the peers file is re-named to it)."""
+    src = conformance("peers/city96") / "latent-upscaler-v2.1_SDxl-x1.5.safetensors"
+    return Path(shutil.copy(src, folder / name))
+
+
+def place_lssgen(folder: Path, conformance: Callable[[str], Path], name: str = "LSSGen-SDXL-VAE-scaler") -> Path:
+    return Path(shutil.copytree(conformance("peers/lssgen4"), folder / name))
+
+
+def load(comfy: harness.InProcComfy, model_name: str = "auto", dtype: str = "auto", model: Any = None) -> Any:
+    inputs: dict[str, Any] = {"model_name": model_name, "dtype": dtype}
+    if model is not None:
+        inputs["model"] = model
+    return comfy.run_node(LOADER, **inputs).outputs[0]
+
+
+def upscale(comfy: harness.InProcComfy, samples: dict, handle: Any, scale: float = 2.0,
+            latent_format: str = "auto", tile: int = 0) -> dict:
+    return comfy.run_node(UPSCALE, samples=samples, upscale_model=handle, scale=scale, latent_format=latent_format,
+                          tile=tile).outputs[0]
+
+
+def options(comfy: harness.InProcComfy) -> list[str]:
+    return comfy.node_class(LOADER).INPUT_TYPES()["required"]["model_name"][1]["options"]
+
+
+def value_for(comfy: harness.InProcComfy, name: str) -> str:
+    """The dropdown value (with its label) of the entry called ``name``."""
+    found = [o for o in options(comfy) if o == name or o.startswith(name + " [")]
+    assert len(found) == 1, (name, options(comfy))
+    return found[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# registration
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.comfyui
+def test_registered_through_v3_entrypoint(comfy_inproc: harness.InProcComfy, lua_pack: ModuleType) -> None:
+    assert callable(lua_pack.comfy_entrypoint)
+    assert not hasattr(lua_pack, "NODE_CLASS_MAPPINGS"), "a V1 mapping would make ComfyUI ignore comfy_entrypoint"
+    names = comfy_inproc.nodes.NODE_DISPLAY_NAME_MAPPINGS
+    assert names[LOADER] == "Load LUA Model"
+    assert names[UPSCALE] == "Latent Upscale (LUA)"
+    for node_id, category in ((LOADER, "loaders"), (UPSCALE, "latent/upscaling")):
+        cls = comfy_inproc.node_class(node_id)
+        assert cls.RELATIVE_PYTHON_MODULE == "custom_nodes.ComfyUI-LUA"
+        schema = cls.GET_SCHEMA()
+        assert schema.category == category
+        text = f"{schema.display_name} {schema.description}".lower()
+        for word in ("upscale", "latent", "lua", "hires"):  # what users type into the node search
+            assert word in text, (node_id, word)
+        assert all(i.tooltip for i in schema.inputs), f"{node_id}: every input needs a tooltip"
+    node_classes = pack_module(lua_pack, "nodes").node_classes()
+    ids = [c.GET_SCHEMA().node_id for c in node_classes]
+    assert ids[:2] == [LOADER, UPSCALE]
+    progressive = harness.REPO_ROOT / "nodes" / "progressive.py"
+    assert len(ids) > 2 if progressive.is_file() else len(ids) == 2
+
+
+@pytest.mark.comfyui
+def test_pack_import_is_light(comfyui_path: Path) -> None:
+    """Importing the pack (what ComfyUI does at start-up) loads neither lua_core nor the hub library."""
+    code = textwrap.dedent(f"""
+        import importlib.util, sys
+        sys.path.insert(0, {str(comfyui_path)!r})
+        from comfy.cli_args import args
+        args.cpu = True
+        spec = importlib.util.spec_from_file_location("lua_pack_probe", {str(harness.REPO_ROOT / '__init__.py')!r},
+                                                      submodule_search_locations=[{str(harness.REPO_ROOT)!r}])
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["lua_pack_probe"] = mod
+        spec.loader.exec_module(mod)
+        assert callable(mod.comfy_entrypoint)
+        heavy = sorted(m for m in sys.modules if m.startswith("lua_pack_probe.") or m.startswith("huggingface_hub"))
+        print("HEAVY", heavy)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=comfyui_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "HEAVY []" in done.stdout, done.stdout
+
+
+@pytest.mark.comfyui
+def test_missing_requirement_is_one_log_line(comfy_inproc: harness.InProcComfy, tmp_path: Path) -> None:
+    pack = tmp_path / "lua_missing_dep_probe"
+    pack.mkdir()
+    shutil.copy(harness.REPO_ROOT / "__init__.py", pack / "__init__.py")
+    reqs = (harness.REPO_ROOT / "requirements.txt").read_text()
+    (pack / "requirements.txt").write_text(reqs + "lua-test-no-such-package>=1.0\nsafetensors>=999\n")
+    with pytest.raises(harness.PackImportError) as err:
+        comfy_inproc.load_pack(pack)
+    comfy_log = err.value.log.split("traceback of comfy_entrypoint():")[0]  # what ComfyUI itself logged
+    lines = [ln for ln in comfy_log.splitlines() if ln.strip()]
+    assert len(lines) == 1, comfy_log
+    assert "lua-test-no-such-package>=1.0 (not installed)" in lines[0]
+    assert "safetensors>=999 (installed: " in lines[0]
+    assert "pip install -r" in lines[0] and "requirements.txt" in lines[0]
+    assert "Traceback" not in comfy_log
+
+
+@pytest.mark.comfyui
+def test_models_folder_registered_only_when_missing(comfy_inproc: harness.InProcComfy, lua_pack: ModuleType,
+                                                     tmp_path: Path) -> None:
+    fp = comfy_inproc.folder_paths
+    name = "latent_upscale_models"
+    saved = fp.folder_names_and_paths.pop(name)
+    default = os.path.join(fp.models_dir, name)
+    try:
+        lua_pack.register_models_folder()  # a host without the folder (ComfyUI < 0.3.75)
+        paths, exts = fp.folder_names_and_paths[name]
+        assert paths == [default] and ".safetensors" in exts and ".pth" in exts
+        del fp.folder_names_and_paths[name]
+        fp.add_model_folder_path(name, str(tmp_path))  # what extra_model_paths.yaml does before packs load
+        lua_pack.register_models_folder()
+        paths, exts = fp.folder_names_and_paths[name]
+        assert paths == [str(tmp_path), default], "the yaml path stays first (downloads go there)"
+        assert ".safetensors" in exts
+        fp.folder_names_and_paths[name] = (list(saved[0]), set(saved[1]))
+        lua_pack.register_models_folder()  # 0.3.75 has it: nothing changes
+        assert fp.folder_names_and_paths[name] == (list(saved[0]), set(saved[1]))
+    finally:
+        fp.folder_names_and_paths[name] = saved
+
+
+# --------------------------------------------------------------------------------------------------
+# the loader's dropdown
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.comfyui
+def test_dropdown_lists_auto_local_files_and_downloads(comfy_inproc: harness.InProcComfy, upscale_dir: Path,
+                                                       conformance: Callable[[str], Path]) -> None:
+    place_lua(upscale_dir)
+    place_city96(upscale_dir, conformance)
+    place_lssgen(upscale_dir, conformance)
+    (upscale_dir / "not_an_upscaler.safetensors").write_bytes(
+        (upscale_dir / SDXL_X2).read_bytes().replace(b"sequential", b"seqXential"))
+    opts = options(comfy_inproc)
+    assert opts[0] == "auto"
+    assert opts[1:4] == [
+        "latent-upscaler-v2.1_SDxl-x2.0.safetensors [city96 · 4ch SDXL · x2 · Apache-2.0]",
+        "LSSGen-SDXL-VAE-scaler/ [LSSGen · 4ch SDXL · x2 x4 · research use]",
+        "lua_flux.pth [LUA · 16ch FLUX/SD3 · x2 x4 · Apache-2.0]",
+    ]
+    assert "download/lua-flux [LUA · 16ch FLUX/SD3 · x2 x4 · Apache-2.0]" in opts
+    assert "download/nnlatent-sdxl [NNLatentUpscale · 4ch SDXL · x1-2 · GPL-3.0]" in opts
+    assert "download/lssgen-sd15 [LSSGen · 4ch SD1.5 · x2 · research use]" in opts
+    assert not any("not_an_upscaler" in o for o in opts), "files no family recognises are not offered"
+    assert not any(o.startswith("LSSGen-SDXL-VAE-scaler/diffusion") for o in opts), "one entry per folder"
+    # a file without a config in its header: the label is read from its tensors' shapes alone
+    raw = upscale_dir / "sub" / "mine.safetensors"
+    raw.parent.mkdir()
+    from safetensors.torch import save_file
+
+    from factories import official_state_dict
+    save_file({k: v.contiguous() for k, v in official_state_dict(make_lua(tiny_config(in_chans=4))).items()}, raw)
+    assert "sub/mine.safetensors [LUA · 4ch SDXL/SD1.5 · x2 x4]" in options(comfy_inproc)
+
+
+@pytest.mark.comfyui
+def test_saved_values_keep_working(comfy_inproc: harness.InProcComfy, upscale_dir: Path,
+                                   conformance: Callable[[str], Path]) -> None:
+    """The label is decoration: old labels, no label, or the folder's inner file all name the entry;
+    ComfyUI's own prompt validation accepts them and names the folder for a missing file."""
+    place_city96(upscale_dir, conformance)
+    place_lssgen(upscale_dir, conformance)
+    for value in (SDXL_X2, SDXL_X2 + " [an old label]", "LSSGen-SDXL-VAE-scaler", "LSSGen-SDXL-VAE-scaler/",
+                  "LSSGen-SDXL-VAE-scaler/diffusion_pytorch_model.safetensors", "download/city96-sdxl-x2 [x]"):
+        assert comfy_inproc.node_class(LOADER).validate_inputs(model_name=value) is True, value
+
+    def prompt(name: str) -> dict:
+        return {"1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+                "2": {"class_type": LOADER, "inputs": {"model_name": name, "dtype": "auto"}},
+                "3": {"class_type": UPSCALE, "inputs": {"samples": ["1", 0], "upscale_model": ["2", 0], "scale": 2.0,
+                                                        "latent_format": "auto"}},
+                "4": {"class_type": "LUATest_LatentInfo", "inputs": {"samples": ["3", 0]}}}
+
+    ok, error, _, node_errors = comfy_inproc.validate_prompt(prompt(SDXL_X2 + " [label of an older version]"))
+    assert ok is True, (error, node_errors)
+    ok, _, _, node_errors = comfy_inproc.validate_prompt(prompt("gone.safetensors [city96 · 4ch SDXL · x2]"))
+    assert ok is not True
+    err = node_errors["2"]["errors"][0]
+    assert err["type"] == "custom_validation_failed"
+    assert "Load LUA Model" in err["details"] and "'gone.safetensors' is not in latent_upscale_models" in err["details"]
+    assert str(upscale_dir) in err["details"]
+
+
+# --------------------------------------------------------------------------------------------------
+# channels, latent formats and auto
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.comfyui
+@pytest.mark.parametrize("comfy_format", list(FORMATS))
+def test_latent_format_read_from_model(comfy_inproc: harness.InProcComfy, upscale_dir: Path, lua_pack: ModuleType,
+                                       conformance: Callable[[str], Path], comfy_format: str) -> None:
+    name, channels = FORMATS[comfy_format]
+    model = harness.make_tiny_model_patcher(comfy_format, "FLOW" if channels == 16 else "EPS")
+    assert pack_module(lua_pack, "nodes.loader").model_latent(model) == (name, channels)
+    place_lua(upscale_dir)
+    place_city96(upscale_dir, conformance, SD15_X2 if name == "sd15" else SDXL_X2)
+    handle = load(comfy_inproc, "auto", model=model)
+    assert handle.latent_format == name
+    assert handle.latent_channels == channels
+    assert handle.upscaler.family == ("lua" if channels == 16 else "city96")
+    latent = {"samples": torch.randn(1, channels, 6, 5)}
+    out = upscale(comfy_inproc, latent, handle)["samples"]
+    assert tuple(out.shape) == (1, channels, 12, 10)
+
+
+@pytest.mark.comfyui
+def test_auto_order(comfy_inproc: harness.InProcComfy, upscale_dir: Path, lua_pack: ModuleType,
+                    conformance: Callable[[str], Path]) -> None:
+    sdxl = harness.make_tiny_model_patcher("SDXL", "EPS")
+    place_lua(upscale_dir)
+    with pytest.raises(ValueError, match="offline mode is on"):  # nothing on disk for SDXL: auto downloads city96
+        load(comfy_inproc, "auto", model=sdxl)
+    assert load(comfy_inproc).name == "lua_flux.pth", "no MODEL: the LUA FLUX checkpoint"
+    place_city96(upscale_dir, conformance, "latent-upscaler-v2.1_SDxl-x1.5.safetensors")
+    place_lssgen(upscale_dir, conformance)
+    assert load(comfy_inproc, "auto", model=sdxl).name == "LSSGen-SDXL-VAE-scaler/", \
+        "a local file that does x2 before a download; city96 x1.5 cannot do the default x2"
+    place_city96(upscale_dir, conformance, SDXL_X2)
+    handle = load(comfy_inproc, "auto", model=sdxl)
+    assert handle.name == SDXL_X2 and handle.upscaler.family == "city96"
+    catalog = pack_module(lua_pack, "nodes.catalog")
+    order = [c.name for c in catalog.ranked(catalog.all_choices(), "sdxl", 4)]
+    assert order == [SDXL_X2, "LSSGen-SDXL-VAE-scaler/", "download/city96-sdxl-x2", "download/nnlatent-sdxl",
+                     "download/lssgen-sdxl", "download/city96-sdxl-x1.25", "download/city96-sdxl-x1.5",
+                     "latent-upscaler-v2.1_SDxl-x1.5.safetensors"]
+    flux = harness.make_tiny_model_patcher("Flux", "FLOW")
+    assert load(comfy_inproc, "auto", model=flux).upscaler.family == "lua"
+
+
+@pytest.mark.comfyui
+def test_loader_refuses_wrong_channels_and_lists_fitting(comfy_inproc: harness.InProcComfy, upscale_dir: Path,
+                                                         conformance: Callable[[str], Path]) -> None:
+    place_lua(upscale_dir)
+    place_city96(upscale_dir, conformance)
+    sdxl = harness.make_tiny_model_patcher("SDXL", "EPS")
+    with pytest.raises(ValueError) as err:
+        load(comfy_inproc, value_for(comfy_inproc, "lua_flux.pth"), model=sdxl)
+    msg = str(err.value)
+    assert msg.startswith("Load LUA Model: lua_flux.pth")
+    assert "16-channel" in msg and "4-channel SDXL" in msg
+    fits = msg.split("Upscalers that fit: ")[1]
+    assert fits.startswith(f"{SDXL_X2}, download/city96-sdxl-x2, download/nnlatent-sdxl")
+    assert "lua" not in fits.lower()
+    # a download that cannot fit is refused before any download (offline would say so otherwise)
+    flux = harness.make_tiny_model_patcher("Flux", "FLOW")
+    with pytest.raises(ValueError, match=r"download/city96-sd15-x2 .* takes 4-channel latents.*16-channel FLUX") as e2:
+        load(comfy_inproc, "download/city96-sd15-x2", model=flux)
+    assert "lua_flux.pth" in str(e2.value) and "offline" not in str(e2.value)
+    assert not (upscale_dir / SD15_X2).exists()
+
+
+@pytest.mark.comfyui
+def test_model_with_a_latent_format_no_upscaler_knows(comfy_inproc: harness.InProcComfy, upscale_dir: Path) -> None:
+    import comfy.latent_formats
+
+    place_lua(upscale_dir)
+    wan = harness.make_tiny_model_patcher("SD3", "FLOW").clone()
+    wan.add_object_patch("latent_format", comfy.latent_formats.Wan21())  # 16 channels, but not FLUX/SD3 latents
+    with pytest.raises(ValueError, match=r"^Load LUA Model: the connected MODEL uses ComfyUI's Wan21 latent format "
+                                         r"\(16 channels\); these upscalers are made for FLUX, SD3, SDXL and SD1.5"):
+        load(comfy_inproc, "auto", model=wan)
+
+
+@pytest.mark.comfyui
+def test_upscale_refuses_wrong_channels(comfy_inproc: harness.InProcComfy, upscale_dir: Path) -> None:
+    place_lua(upscale_dir)
+    handle = load(comfy_inproc, "lua_flux.pth")
+    with pytest.raises(ValueError) as err:
+        upscale(comfy_inproc, {"samples": torch.zeros(1, 4, 8, 8)}, handle)
+    msg = str(err.value)
+    assert msg.startswith("Latent Upscale (LUA): the latent has 4 channels (SDXL/SD1.5)")
+    assert "16-channel lua upscaler" in msg and "Load LUA Model" in msg and "auto" in msg
+
+
+@pytest.mark.comfyui
+def test_lssgen_needs_a_latent_format(comfy_inproc: harness.InProcComfy, upscale_dir: Path,
+                                      conformance: Callable[[str], Path]) -> None:
+    place_lssgen(upscale_dir, conformance)
+    latent = {"samples": torch.randn(1, 4, 6, 6)}
+    handle = load(comfy_inproc, "LSSGen-SDXL-VAE-scaler/")
+    assert handle.info["license"] == "no licence stated: research use"
+    with pytest.raises(ValueError, match=r"^Latent Upscale \(LUA\): LSSGen-SDXL-VAE-scaler/ \(lssgen\) .*set "
+                                         r"latent_format .*connect the MODEL"):
+        upscale(comfy_inproc, latent, handle)
+    by_node = upscale(comfy_inproc, latent, handle, latent_format="sdxl")["samples"]
+    assert tuple(by_node.shape) == (1, 4, 12, 12)
+    with pytest.raises(ValueError, match=r"latent_format=flux says FLUX \(16-channel latents\) but the latent has 4"):
+        upscale(comfy_inproc, latent, handle, latent_format="flux")
+    with_model = load(comfy_inproc, "LSSGen-SDXL-VAE-scaler/", model=harness.make_tiny_model_patcher("SDXL", "EPS"))
+    by_model = upscale(comfy_inproc, latent, with_model)["samples"]
+    assert torch.equal(by_model, by_node)
+    as_sd15 = upscale(comfy_inproc, latent, handle, latent_format="sd15")["samples"]
+    assert not torch.allclose(as_sd15, by_node), "the latent format changes LSSGen's scaled space"
+
+
+# --------------------------------------------------------------------------------------------------
+# LATENT handling
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.comfyui
+def test_batch_keeps_batch_index_and_resizes_noise_mask(comfy_inproc: harness.InProcComfy, upscale_dir: Path,
+                                                        progress_calls: list) -> None:
+    import comfy.model_management as mm
+
+    place_lua(upscale_dir)
+    handle = load(comfy_inproc)
+    torch.manual_seed(0)
+    samples = torch.randn(3, 16, 10, 12)
+    mask = torch.rand(3, 1, 80, 96)
+    latent = {"samples": samples, "batch_index": [2, 0, 1], "noise_mask": mask, "extra": "kept"}
+    progress_calls.clear()
+    out = upscale(comfy_inproc, latent, handle, scale=2.0)
+    assert set(out) == {"samples", "batch_index", "noise_mask", "extra"}
+    assert out["batch_index"] == [2, 0, 1] and out["extra"] == "kept"
+    assert tuple(out["samples"].shape) == (3, 16, 20, 24)
+    assert out["samples"].dtype == torch.float32 and out["samples"].device == mm.intermediate_device()
+    assert tuple(out["noise_mask"].shape) == (3, 1, 160, 192), "the mask keeps its 8x resolution"
+    expected_mask = torch.nn.functional.interpolate(mask, size=(160, 192), mode="bilinear", align_corners=False)
+    assert torch.allclose(out["noise_mask"], expected_mask)
+    for i in range(3):  # each sample as if upscaled alone: batching changes nothing
+        alone = upscale(comfy_inproc, {"samples": samples[i:i + 1]}, handle)["samples"]
+        assert torch.allclose(out["samples"][i:i + 1], alone, atol=1e-5)
+    assert latent["samples"] is samples and tuple(latent["noise_mask"].shape) == (3, 1, 80, 96), "input untouched"
+    # one bar over the whole batch (this LUA reports twice per forward), then one per single-sample run
+    assert progress_calls == [(150, 300), (300, 300)] + [(50, 100), (100, 100)] * 3
+
+
+@pytest.mark.comfyui
+def test_non_native_scale_and_errors(comfy_inproc: harness.InProcComfy, upscale_dir: Path,
+                                     conformance: Callable[[str], Path]) -> None:
+    place_lua(upscale_dir)
+    place_city96(upscale_dir, conformance)
+    lua = load(comfy_inproc, "lua_flux.pth")
+    out = upscale(comfy_inproc, {"samples": torch.randn(1, 16, 8, 8)}, lua, scale=1.5)["samples"]
+    assert tuple(out.shape) == (1, 16, 12, 12)
+    same = upscale(comfy_inproc, {"samples": torch.randn(1, 16, 8, 8)}, lua, scale=1.0)["samples"]
+    assert tuple(same.shape) == (1, 16, 8, 8)
+    city = load(comfy_inproc, SDXL_X2)
+    with pytest.raises(ValueError, match=r"^Latent Upscale \(LUA\): this city96 upscaler does x2, not x1.5"):
+        upscale(comfy_inproc, {"samples": torch.randn(1, 4, 8, 8)}, city, scale=1.5)
+
+
+@pytest.mark.comfyui
+def test_five_dim_latent_with_one_frame(comfy_inproc: harness.InProcComfy, upscale_dir: Path) -> None:
+    place_lua(upscale_dir)
+    handle = load(comfy_inproc)
+    video = torch.randn(2, 16, 1, 8, 6)
+    out = upscale(comfy_inproc, {"samples": video}, handle)["samples"]
+    assert tuple(out.shape) == (2, 16, 1, 16, 12)
+    flat = upscale(comfy_inproc, {"samples": video[:, :, 0]}, handle)["samples"]
+    assert torch.allclose(out[:, :, 0], flat, atol=1e-6)
+    with pytest.raises(ValueError, match=r"^Latent Upscale \(LUA\): the latent is a video latent with 3 frames"):
+        upscale(comfy_inproc, {"samples": torch.randn(1, 16, 3, 8, 8)}, handle)
+
+
+# --------------------------------------------------------------------------------------------------
+# dtype, cache, download
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.comfyui
+@pytest.mark.parametrize(("choice", "dtype"), [("auto", torch.float32), ("fp32", torch.float32),
+                                               ("fp16", torch.float16), ("bf16", torch.bfloat16)])
+def test_dtype_choices(comfy_inproc: harness.InProcComfy, upscale_dir: Path, choice: str, dtype: torch.dtype) -> None:
+    place_lua(upscale_dir)
+    handle = load(comfy_inproc, "lua_flux.pth", dtype=choice)
+    assert handle.upscaler.dtype == dtype, "auto is fp32 on the CPU"
+    assert handle.info["dtype"] == str(dtype).removeprefix("torch.")
+    latent = torch.randn(1, 16, 8, 8)
+    out = upscale(comfy_inproc, {"samples": latent}, handle)["samples"]
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    ref = upscale(comfy_inproc, {"samples": latent}, load(comfy_inproc, "lua_flux.pth", dtype="fp32"))["samples"]
+    assert torch.allclose(out, ref, atol=0.05 if dtype != torch.float32 else 0)
+
+
+@pytest.mark.comfyui
+def test_loader_reuses_its_cached_model(comfy_inproc: harness.InProcComfy, upscale_dir: Path) -> None:
+    import comfy.model_management as mm
+
+    path = place_lua(upscale_dir)
+    first = load(comfy_inproc, "lua_flux.pth")
+    assert (upscale_dir / "lua_flux.safetensors").is_file(), "a pickle is converted to safetensors once"
+    converted_mtime = (upscale_dir / "lua_flux.safetensors").stat().st_mtime_ns
+    upscale(comfy_inproc, {"samples": torch.randn(1, 16, 8, 8)}, first)
+    assert any(m is first.patcher for m in mm.loaded_models()), "model_management manages the upscaler"
+    second = load(comfy_inproc, "lua_flux.pth", model=harness.make_tiny_model_patcher("Flux", "FLOW"))
+    assert second.patcher is first.patcher and second.upscaler is first.upscaler
+    assert second.latent_format == "flux" and first.latent_format is None, "handles differ, the model does not"
+    assert (upscale_dir / "lua_flux.safetensors").stat().st_mtime_ns == converted_mtime
+    assert load(comfy_inproc, "lua_flux.pth", dtype="bf16").patcher is not first.patcher
+    save_official_pth(make_lua(tiny_config(), seed=5), path)  # the file changes: a new model
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    third = load(comfy_inproc, "lua_flux.pth")
+    assert third.patcher is not first.patcher
+    assert not torch.equal(third.upscaler.conv_first.weight, first.upscaler.conv_first.weight)
+
+
+@pytest.mark.comfyui
+def test_download_on_first_use(comfy_inproc: harness.InProcComfy, upscale_dir: Path, tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch, progress_calls: list) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
+    pth = save_official_pth(make_lua(seed=3), tmp_path / "upstream" / "lua_flux.pth")
+    with HubServer() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        hub.add_hf_file("vaskers5/LUA-FLUX", "lua_flux.pth", pth.read_bytes())
+        value = value_for(comfy_inproc, "download/lua-flux")
+        handle = load(comfy_inproc, value, model=harness.make_tiny_model_patcher("Flux", "FLOW"))
+        assert hub.gets("lua_flux.pth") or hub.gets("/lfs/"), "the checkpoint was downloaded"
+        assert (upscale_dir / "lua_flux.pth").is_file() and (upscale_dir / "lua_flux.safetensors").is_file()
+        assert handle.info["path"] == str(upscale_dir / "lua_flux.safetensors")
+        assert handle.info["source"] == "download" and handle.upscaler.family == "lua"
+        size = pth.stat().st_size
+        assert progress_calls and progress_calls[-1] == (size, size), progress_calls[-3:]
+        out = upscale(comfy_inproc, {"samples": torch.randn(1, 16, 8, 8)}, handle)["samples"]
+        assert tuple(out.shape) == (1, 16, 16, 16)
+        hub.clear()
+        again = load(comfy_inproc, value)
+        assert hub.requests == [], "present files are used without any request"
+        assert again.patcher is handle.patcher
+        (upscale_dir / "lua_flux.pth").unlink()  # keeping only the conversion must not mean downloading again
+        assert load(comfy_inproc, value).patcher is handle.patcher and hub.requests == []
+        assert value_for(comfy_inproc, "lua_flux.safetensors").startswith("lua_flux.safetensors [LUA · 16ch")
+
+
+@pytest.mark.comfyui
+def test_download_failure_is_explained(comfy_inproc: harness.InProcComfy, upscale_dir: Path) -> None:
+    with pytest.raises(ValueError) as err:
+        load(comfy_inproc, "download/city96-sdxl-x2", model=harness.make_tiny_model_patcher("SDXL", "EPS"))
+    msg = str(err.value)
+    assert msg.startswith("Load LUA Model: city96-sdxl-x2: offline mode is on (HF_HUB_OFFLINE=1)")
+    assert str(upscale_dir) in msg and SDXL_X2 in msg
+
+
+# --------------------------------------------------------------------------------------------------
+# cancel and out of memory
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.comfyui
+def test_cancel_stops_inside_the_forward(comfy_inproc: harness.InProcComfy, upscale_dir: Path) -> None:
+    """A cancel (ComfyUI's interrupt flag) raised from the forward's progress callback stops it."""
+    import comfy.model_management as mm
+    import comfy.utils
+
+    place_lua(upscale_dir, depths=(1, 1, 1, 1), num_heads=(2, 2, 2, 2))
+    handle = load(comfy_inproc)
+    calls: list[tuple[int, int]] = []
+
+    def hook(value: int, total: int, preview: Any, node_id: Any = None) -> None:
+        calls.append((value, total))
+        mm.interrupt_current_processing(True)  # the user presses cancel after the first step
+
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            upscale(comfy_inproc, {"samples": torch.randn(2, 16, 16, 16)}, handle)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old)
+        mm.interrupt_current_processing(False)
+    assert calls == [(40, 200)], "stopped at the next check inside the forward (5 steps for the batch of 2)"
+
+
+@pytest.mark.comfyui
+def test_out_of_memory_falls_back_to_smaller_batches_then_tiles(comfy_inproc: harness.InProcComfy,
+                                                                 lua_pack: ModuleType) -> None:
+    base = pack_module(lua_pack, "lua_core.archs.base")
+    handle_mod = pack_module(lua_pack, "nodes.handle")
+
+    class RunsOutOfMemory(base.LatentUpscaler):
+        """Nearest x2 that raises the CUDA out-of-memory error above ``limit`` latent pixels at once."""
+
+        family = "test"
+
+        def __init__(self, limit: int):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(4, 4, 1, 1))
+            self.limit, self.shapes = limit, []
+
+        @property
+        def latent_channels(self) -> int:
+            return 4
+
+        @property
+        def native_scales(self) -> frozenset[float]:
+            return frozenset({2.0})
+
+        def upscale(self, latent: torch.Tensor, scale: float, **_: Any) -> torch.Tensor:
+            self.shapes.append(tuple(latent.shape))
+            if latent.shape[0] * latent.shape[-2] * latent.shape[-1] > self.limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            return torch.nn.functional.interpolate(latent, scale_factor=2.0, mode="nearest")
+
+    latent = torch.randn(3, 4, 32, 32)
+    model = RunsOutOfMemory(limit=32 * 32)
+    out = handle_mod.run_upscale(handle_mod.make_handle(model, "flaky"), latent, 2.0)
+    assert torch.equal(out, torch.nn.functional.interpolate(latent, scale_factor=2.0, mode="nearest"))
+    assert model.shapes[:2] == [(3, 4, 32, 32), (1, 4, 32, 32)], "the batch is split first"
+    tiled = RunsOutOfMemory(limit=16 * 16)
+    out = handle_mod.run_upscale(handle_mod.make_handle(tiled, "flaky"), latent[:1], 2.0)
+    assert tuple(out.shape) == (1, 4, 64, 64)
+    assert (1, 4, 16, 16) in tiled.shapes, "then tiles, halved until they fit"
+    hopeless = RunsOutOfMemory(limit=0)
+    with pytest.raises(ValueError, match=r"^Latent Upscale \(LUA\): out of memory upscaling one 32x32 latent with "
+                                         r"hopeless, even in 16-pixel tiles\. Free memory"):
+        upscale(comfy_inproc, {"samples": latent[:1]}, handle_mod.make_handle(hopeless, "hopeless"))
+
+
+@pytest.mark.comfyui
+def test_memory_estimate_grows_with_the_work(lua_pack: ModuleType) -> None:
+    memory = pack_module(lua_pack, "nodes.memory")
+    loading = pack_module(lua_pack, "lua_core.loading")
+    lua = loading.load_model(make_lua().state_dict())
+    small = memory.working_memory(lua, (1, 16, 32, 32), 2.0, torch.float32)
+    assert small > 2 * 16 * 64 * 64 * 4
+    assert memory.working_memory(lua, (2, 16, 32, 32), 2.0, torch.float32) > 1.9 * small
+    assert memory.working_memory(lua, (1, 16, 32, 32), 4.0, torch.float32) > small
+    assert memory.working_memory(lua, (1, 16, 32, 32), 2.0, torch.float16) < small
+    conv = torch.nn.Conv2d(4, 64, 3)
+    assert memory.working_memory(conv, (1, 4, 32, 32), 2.0, torch.float32) >= 3 * 64 * 64 * 64 * 4
