@@ -332,6 +332,9 @@ def fetch(entry: KnownCheckpoint, dest_dir: str | os.PathLike, *, progress: Prog
     ``.safetensors`` is returned; a folder checkpoint (LSSGen) returns the folder. ``offline``
     None follows ``HF_HUB_OFFLINE``. Raises ``DownloadError``.
     """
+    kept = kept_conversion(entry, dest_dir)
+    if kept is not None:
+        return kept
     path = download(entry, dest_dir, progress=progress, offline=offline, retries=retries)
     from .checkpoints import PICKLE_SUFFIXES
     if path.is_file() and path.suffix.lower() in PICKLE_SUFFIXES:
@@ -344,6 +347,24 @@ def fetch(entry: KnownCheckpoint, dest_dir: str | os.PathLike, *, progress: Prog
                 f"{entry.key}: the checkpoint on disk cannot be loaded: {e} To download it again, delete "
                 f"{path} and run: python -m lua_core download {entry.key}") from e
     return path
+
+
+def kept_conversion(entry: KnownCheckpoint, dest_dir: str | os.PathLike) -> Path | None:
+    """The safetensors conversion of a downloaded pickle whose original was deleted to save space.
+
+    Converting keeps the pickle, but users delete it; the conversion records the pickle's name
+    (``converted_from``), so it is recognised and nothing is downloaded again.
+    """
+    from .checkpoints import META_SOURCE, PICKLE_SUFFIXES, converted_path, read_metadata
+    dest = Path(dest_dir).expanduser()
+    if len(entry.files) != 1 or not entry.local_name.lower().endswith(PICKLE_SUFFIXES):
+        return None
+    if (dest / entry.local_name).is_file():
+        return None  # fetch checks that the conversion is current
+    conv = converted_path(dest / entry.local_name)
+    if conv.is_file() and read_metadata(conv).get(META_SOURCE) == entry.local_name:
+        return conv
+    return None
 
 
 def fetch_known(key_or_repo: str, dest_dir: str | os.PathLike | None = None, *,

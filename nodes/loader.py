@@ -164,10 +164,7 @@ def materialise(choice: catalog.Choice) -> Path:
     from ..lua_core import hub
 
     entry, dest = choice.known, catalog.download_dir()
-    converted = _kept_conversion(entry, dest)
-    if converted is not None:
-        return converted
-    if not entry.is_present(dest):
+    if not entry.is_present(dest) and hub.kept_conversion(entry, dest) is None:
         log.info("ComfyUI-LUA: downloading %s (%s) into %s", entry.key, entry.source_text, dest)
     bar = comfy.utils.ProgressBar(1)
 
@@ -181,21 +178,6 @@ def materialise(choice: catalog.Choice) -> Path:
         raise LuaError(f"downloading {entry.key} needs the Python package {e.name or e}: run pip install -r "
                        "requirements.txt in ComfyUI's Python, or put the file into "
                        f"{dest} by hand.") from None
-
-
-def _kept_conversion(entry: Any, dest: Path) -> Path | None:
-    """The safetensors conversion of a downloaded pickle whose original was deleted to save space
-    (the registry only knows the pickle, so the hub would download it again)."""
-    from ..lua_core.checkpoints import META_SOURCE, PICKLE_SUFFIXES, converted_path, read_metadata
-
-    if len(entry.files) != 1 or not entry.local_name.lower().endswith(PICKLE_SUFFIXES):
-        return None
-    if (dest / entry.local_name).is_file():
-        return None  # fetch checks the conversion is current
-    conv = converted_path(dest / entry.local_name)
-    if conv.is_file() and read_metadata(conv).get(META_SOURCE) == entry.local_name:
-        return conv
-    return None
 
 
 def resolve_dtype(choice: str) -> torch.dtype:

@@ -217,6 +217,20 @@ def test_second_fetch_makes_no_request_and_reuses_the_conversion(hub, lua_blob, 
     assert calls == [(size, size)]
 
 
+def test_a_kept_conversion_is_used_after_the_pickle_was_deleted(hub, lua_blob, tmp_path):
+    entry = find_known("lua-flux")
+    converted = fetch(entry, tmp_path)
+    (tmp_path / LUA_FILE).unlink()
+    hub.clear()
+    assert fetch(entry, tmp_path) == converted
+    assert hub.requests == []
+    # a safetensors of that name that was not converted from the pickle is not taken for it
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(1)}, str(converted))
+    assert fetch(entry, tmp_path) == tmp_path / LUA_FILE
+    assert hub.requests != []
+
+
 def test_fetch_known_uses_the_default_folder(hub, lua_blob, tmp_path, monkeypatch):
     monkeypatch.setenv("LUA_MODELS_DIR", str(tmp_path / "default"))
     assert fetch_known(LUA_REPO) == tmp_path / "default" / "lua_flux.safetensors"
