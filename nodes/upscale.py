@@ -38,8 +38,8 @@ class LatentUpscaleLUA(io.ComfyNode):
                 LUAModel.Input("upscale_model", tooltip="From Load LUA Model."),
                 io.Float.Input(
                     "scale", default=2.0, min=1.0, max=4.0, step=0.25,
-                    tooltip=("Factor for width and height. LUA: x2 and x4 exactly, in between through the x4 head "
-                             "resized down; city96: the factor in its file name; NNLatentUpscale: 1-2; "
+                    tooltip=("Factor for width and height. LUA: x2 and x4 exactly, in between through the next "
+                             "larger head resized down; city96: the factor in its file name; NNLatentUpscale: 1-2; "
                              "LSSGen: x2, x4.")),
                 io.Combo.Input(
                     "latent_format", options=list(LATENT_FORMATS), default="auto",
