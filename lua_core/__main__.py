@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("lua_core.commands.train_eval", "training: PSNR/LPIPS of a model vs bicubic latent upscaling"),
     "export": ("lua_core.commands.train_export", "training: a training checkpoint -> safetensors model file"),
     "download": ("lua_core.commands.download", "download known checkpoints (--list shows them)"),
+    "batch": ("lua_core.commands.batch", "render a parameter sweep on a ComfyUI server (resumable; no torch)"),
 }
 
 
