@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from lua_core.archs.lua import LUA, SwinBlock
 
 
-def _calculate_mask(h: int, w: int, ws: int, shift: int) -> torch.Tensor:
+def official_shift_mask(h: int, w: int, ws: int, shift: int) -> torch.Tensor:
     """(nW, N, N) shifted-window mask for an h x w map, built the official way (9 regions)."""
     img = torch.zeros(1, h, w, 1)
     cnt = 0
@@ -42,7 +42,7 @@ def _block(blk: SwinBlock, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     q, k, v = qkv[0], qkv[1], qkv[2]
     bias = attn.position_bias().unsqueeze(0)  # rebuilt on every call
     if s:
-        mask = _calculate_mask(h, w, ws, s).to(x.device, x.dtype)  # rebuilt on every call
+        mask = official_shift_mask(h, w, ws, s).to(x.device, x.dtype)  # rebuilt on every call
         bias = bias + mask.repeat(b, 1, 1).unsqueeze(1)           # repeated per batch item
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=attn.scale)
     out = attn.proj(out.transpose(1, 2).reshape(bw, n, c))

@@ -17,8 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "benchmarks"):  # the package, and the baseline forward the tests compare with
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 
 def unpack_folder(src: Path, dst: Path) -> Path:

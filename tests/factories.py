@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from lua_baseline import official_shift_mask
 from lua_core.archs.lua import LUA, LUAConfig, relative_position_index
 
 TINY = dict(embed_dim=12, depths=(2,), num_heads=(2,), window_size=8, img_size=16, head_num_feat=8)
@@ -42,26 +43,13 @@ def official_state_dict(model: LUA) -> dict[str, torch.Tensor]:
     cfg = model.config
     sd = dict(model.state_dict())
     ws, shift = cfg.ws_eff, cfg.shift
-    nwin = (cfg.img_size // ws) ** 2
     for i, layer in enumerate(model.layers):
         for j, blk in enumerate(layer.residual_group.blocks):
             pre = f"layers.{i}.residual_group.blocks.{j}"
             sd[f"{pre}.attn.relative_position_index"] = relative_position_index(ws)
             if blk.shift:
-                sd[f"{pre}.attn_mask"] = _official_mask(cfg.img_size, ws, shift, nwin)
+                sd[f"{pre}.attn_mask"] = official_shift_mask(cfg.img_size, cfg.img_size, ws, shift)
     return sd
-
-
-def _official_mask(size: int, ws: int, shift: int, nwin: int) -> torch.Tensor:
-    img = torch.zeros(1, size, size, 1)
-    cnt = 0
-    for hs in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
-        for wsl in (slice(0, -ws), slice(-ws, -shift), slice(-shift, None)):
-            img[:, hs, wsl, :] = cnt
-            cnt += 1
-    win = img.view(1, size // ws, ws, size // ws, ws, 1).permute(0, 1, 3, 2, 4, 5).reshape(-1, ws * ws)
-    m = win.unsqueeze(1) - win.unsqueeze(2)
-    return m.masked_fill(m != 0, -100.0).masked_fill(m == 0, 0.0)
 
 
 def save_official_pth(model: LUA, path: Path, key: str = "params_ema") -> Path:

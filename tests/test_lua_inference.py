@@ -3,8 +3,6 @@ odd sizes, arbitrary scales and half precision (issues: lua_core foundation; any
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -12,13 +10,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import lua_core
-from conftest import ROOT
 from factories import make_lua, tiny_config
+from lua_baseline import baseline_forward
 from lua_core.archs.lua import ForwardPlan, estimate_peak, plan_forward, reflect_pad
 from lua_core.tiling import tile_starts
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from lua_baseline import baseline_forward  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -289,16 +289,23 @@ class WindowAttention(nn.Module):
         table = self.relative_position_bias_table.t()
         return table.index_select(1, self.relative_position_index.view(-1)).view(-1, n, n)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """x: (..., N, C) windows; bias (heads, N, N) or (windows, heads, N, N)."""
-        *lead, n, c = x.shape
-        x = x.reshape(-1, n, c)
-        qkv = self.qkv(x).view(-1, n, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (windows, heads, N, hd)
-        if bias.ndim == 3:  # a 4-D mask keeps SDPA on its fused CPU kernel (3-D falls back to math)
-            bias = bias.unsqueeze(0)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
-        return self.proj(out.transpose(1, 2).reshape(-1, n, c)).view(*lead, n, c)
+    def forward(self, x: torch.Tensor, segments: list[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
+        """Attention over windows x: (B, W, N, C); ``segments`` are (first, end, bias) window ranges
+        covering 0..W, each with its (heads, N, N) additive bias.
+
+        The projections run once over all windows (large GEMMs); only the attention itself runs per
+        segment, since each kind of window has its own bias.
+        """
+        b, nw, n, c = x.shape
+        qkv = self.qkv(x).view(b, nw, n, 3, self.num_heads, self.head_dim)
+        parts = []
+        for w0, w1, bias in segments:
+            part = qkv[:, w0:w1].reshape(-1, n, 3, self.num_heads, self.head_dim)
+            q, k, v = part.permute(2, 0, 3, 1, 4).unbind(0)  # each (windows, heads, N, hd)
+            # a 4-D mask keeps SDPA on its fused CPU kernel (a 3-D one falls back to the math path)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype), scale=self.scale)
+            parts.append(out.transpose(1, 2).reshape(b, w1 - w0, n, c))
+        return self.proj(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
 
 
 class Mlp(nn.Module):
@@ -321,45 +328,49 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
 
-    def _window_step(self, w: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """Attention + MLP (pre-norm, residual) on windows w: (..., N, C), out of place."""
-        w = w + self.attn(self.norm1(w), bias)
-        return w + self.mlp(self.norm2(w))
-
-    def _window_step_(self, w: torch.Tensor, bias: torch.Tensor) -> None:
-        """The same, accumulated in place into w (inference: no copies of the windows)."""
-        w += self.attn(self.norm1(w), bias)
-        w += self.mlp(self.norm2(w))
-
-    def biases(self, layout: WindowLayout) -> list[torch.Tensor]:
-        """One (heads, N, N) additive bias per window group: position bias (+ shift mask)."""
+    def biases(self, layout: WindowLayout) -> list[tuple[int, int, torch.Tensor]]:
+        """(first window, end window, (heads, N, N) bias) per window group: position bias (+ shift mask)."""
         pos = self.attn.position_bias()
         out = []
-        for _, _, last_row, last_col in layout.groups:
+        for g0, g1, last_row, last_col in layout.groups:
             if self.shift and (last_row or last_col):
-                out.append(pos + _shift_mask_on(self.ws, self.shift, last_row, last_col, pos.device, pos.dtype))
+                out.append((g0, g1, pos + _shift_mask_on(self.ws, self.shift, last_row, last_col, pos.device,
+                                                         pos.dtype)))
             else:
-                out.append(pos)
+                out.append((g0, g1, pos))
         return out
 
     def forward(self, t: torch.Tensor, layout: WindowLayout, chunk_windows: int | None = None) -> torch.Tensor:
-        """t: (B, L, C) tokens in ``layout`` order -> same shape and order."""
+        """t: (B, L, C) tokens in ``layout`` order -> same shape and order.
+
+        Inference accumulates the residuals in place, over chunks of at most ``chunk_windows``
+        windows (all at once by default); with autograd recording it runs out of place.
+        """
         b, n_tok, c = t.shape
         n = self.ws * self.ws
-        win = t.view(b, n_tok // n, n, c)
-        biases = self.biases(layout)
-        if torch.is_grad_enabled():  # differentiable: each group out of place, then concatenated
-            parts = [self._window_step(win[:, g0:g1], bias) for (g0, g1, _, _), bias in zip(layout.groups, biases)]
-            return torch.cat(parts, dim=1).view(b, n_tok, c)
-        for (g0, g1, _, _), bias in zip(layout.groups, biases):
-            if chunk_windows is None or chunk_windows >= b * (g1 - g0):
-                self._window_step_(win[:, g0:g1], bias)
-                continue
-            step = max(1, chunk_windows)
-            for i in range(b):
-                for a in range(g0, g1, step):
-                    self._window_step_(win[i, a:min(a + step, g1)], bias)
+        nw = n_tok // n
+        win = t.view(b, nw, n, c)
+        groups = self.biases(layout)
+        if torch.is_grad_enabled():
+            win = win + self.attn(self.norm1(win), groups)
+            return (win + self.mlp(self.norm2(win))).view(b, n_tok, c)
+        for bs, w0, w1 in _chunks(b, nw, chunk_windows):
+            w = win[bs, w0:w1]
+            segments = [(max(g0, w0) - w0, min(g1, w1) - w0, bias) for g0, g1, bias in groups if g0 < w1 and g1 > w0]
+            w += self.attn(self.norm1(w), segments)
+            w += self.mlp(self.norm2(w))
         return win.view(b, n_tok, c)
+
+
+def _chunks(b: int, nw: int, chunk_windows: int | None) -> list[tuple[slice, int, int]]:
+    """(batch slice, first window, end window) steps of at most ``chunk_windows`` windows."""
+    if chunk_windows is None or chunk_windows >= b * nw:
+        return [(slice(0, b), 0, nw)]
+    if chunk_windows >= nw:
+        per = chunk_windows // nw
+        return [(slice(i, min(i + per, b)), 0, nw) for i in range(0, b, per)]
+    step = max(1, chunk_windows)
+    return [(slice(i, i + 1), a, min(a + step, nw)) for i in range(b) for a in range(0, nw, step)]
 
 
 class BasicLayer(nn.Module):
