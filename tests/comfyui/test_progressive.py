@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from . import harness
+from .workflow_swap import FRONTEND_ONLY, tiny_prompt, ui_to_api
 
 pytestmark = pytest.mark.comfyui
 
@@ -452,10 +453,6 @@ def test_interrupt_stops_between_steps(comfy_inproc: harness.InProcComfy, pack: 
 # In a server: a prompt, and the example workflows
 # --------------------------------------------------------------------------------------------------
 
-WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
-FRONTEND_ONLY = frozenset({"Note", "MarkdownNote"})
-
-
 @pytest.fixture(scope="module")
 def server(comfyui_path: Path, test_vaes: dict[str, Path], tiny_lua_file: Path,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.ComfyServer]:
@@ -502,73 +499,6 @@ def load_workflow(name: str) -> tuple[dict, dict]:
     ui = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
     api = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text(encoding="utf-8"))
     return ui, api
-
-
-def ui_to_api(ui: dict, object_info: dict) -> dict:
-    """The API prompt a UI workflow means: widgets_values read in /object_info input order (plus the
-    control_after_generate value after each seed), links from the links table (types checked)."""
-    links = {link[0]: link for link in ui["links"]}
-    nodes = {node["id"]: node for node in ui["nodes"]}
-    prompt = {}
-    for node in ui["nodes"]:
-        if node["type"] in FRONTEND_ONLY:
-            continue
-        info = object_info[node["type"]]
-        specs = {**info["input"]["required"], **info["input"].get("optional", {})}
-        order = info["input_order"]["required"] + info["input_order"].get("optional", [])
-        linked = {}
-        for slot in node["inputs"]:
-            if slot.get("link") is None:
-                continue
-            link_id, src, src_slot, dst, dst_slot, kind = links[slot["link"]]
-            assert (dst, node["inputs"][dst_slot]["name"]) == (node["id"], slot["name"]), f"link {link_id}"
-            assert object_info[nodes[src]["type"]]["output"][src_slot] == kind, f"link {link_id} type"
-            assert link_id in nodes[src]["outputs"][src_slot]["links"], f"link {link_id} missing at its origin"
-            linked[slot["name"]] = [str(src), src_slot]
-        values = list(node["widgets_values"])
-        inputs: dict[str, Any] = {}
-        for name in order:
-            kind, opts = specs[name][0], (specs[name][1] if len(specs[name]) > 1 else {})
-            if isinstance(kind, list) or kind in WIDGET_TYPES:
-                value = values.pop(0)
-                if opts.get("control_after_generate"):
-                    assert values.pop(0) in ("fixed", "increment", "decrement", "randomize")
-                inputs[name] = linked.get(name, value)
-            elif name in linked:
-                inputs[name] = linked[name]
-        assert values == [], f"{node['type']} {node['id']}: widgets_values left over: {values}"
-        prompt[str(node["id"])] = {"inputs": inputs, "class_type": node["type"]}
-    return prompt
-
-
-def tiny_prompt(prompt: dict, lua_name: str) -> dict:
-    """The API twin with the heavy parts swapped for test ones: FLUX checkpoint -> tiny Flux MODEL +
-    16-channel TAESD, text encoders -> zero conditioning, LUA download -> the tiny LUA file, every
-    pixel size / 8 (a 512 px stage becomes 64 px: 8x8 latents)."""
-    out = json.loads(json.dumps(prompt))
-    loaders = set()
-    for node_id, node in list(out.items()):
-        kind, inputs = node["class_type"], node["inputs"]
-        if kind == "CheckpointLoaderSimple":
-            loaders.add(node_id)
-            out[node_id] = {"class_type": "LUATest_TinyModel",
-                            "inputs": {"latent_format": "Flux", "model_type": "FLOW", "seed": 0}}
-            out[node_id + "_vae"] = {"class_type": "VAELoader",
-                                     "inputs": {"vae_name": "lua_test_taesd_16ch.safetensors"}}
-        elif kind == "CLIPTextEncode":
-            out[node_id] = {"class_type": "LUATest_ZeroConditioning", "inputs": {"tokens": 1, "dim": 8}}
-        elif kind in ("EmptySD3LatentImage", "ModelSamplingFlux"):
-            inputs["width"] //= 8
-            inputs["height"] //= 8
-        elif kind == "LUA_LoadModel":
-            inputs["model_name"] = lua_name
-    for node in out.values():
-        for name, value in node["inputs"].items():
-            if isinstance(value, list) and value[0] in loaders:
-                assert value[1] in (0, 2), "only MODEL and VAE of the checkpoint may be used after the swap"
-                if value[1] == 2:
-                    node["inputs"][name] = [value[0] + "_vae", 0]
-    return out
 
 
 @pytest.mark.comfyui_server
