@@ -162,7 +162,8 @@ def bench_memory(args) -> list[dict]:
     """Peak working memory of x4 to a 4096 px image (128^2 latent -> 512^2), one-shot vs bounded plans.
 
     Each run is a fresh process: on CPU the peak is the growth of max RSS over the process's state
-    before the forward; on CUDA it is torch.cuda.max_memory_allocated beyond the weights and input.
+    before the forward (with glibc told to return freed blocks at once); on CUDA it is
+    torch.cuda.max_memory_allocated beyond the weights and input.
     """
     from lua_core.archs.lua import estimate_peak
     size = args.memory_size
@@ -176,7 +177,10 @@ def bench_memory(args) -> list[dict]:
         est = estimate_peak(cfg, (1, 16, size, size), "x4", plan)
         code = _MEM_CHILD.format(root=str(ROOT), bench=str(ROOT / "benchmarks"), device=args.device, size=size,
                                  max_memory=mm)
-        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        # glibc keeps freed blocks below its (adaptive) mmap threshold in the heap, so RSS would
+        # measure fragmentation, not live tensors: a fixed 64 KiB threshold returns them at once.
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
         if res.returncode:
             print(res.stderr[-2000:])
             continue

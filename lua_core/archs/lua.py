@@ -295,9 +295,21 @@ class WindowAttention(nn.Module):
 
         The projections run once over all windows (large GEMMs); only the attention itself runs per
         segment, since each kind of window has its own bias.
+
+        The qkv bias is applied the cheap way, with identical results up to rounding: the key bias
+        adds the same amount to every logit of a query row, which softmax ignores, so it is
+        dropped; attention rows sum to one, so the value bias passes through unchanged and is
+        folded into the output projection's bias. Only the query bias is added (a third of the
+        work, and no bias copy into the GEMM's output).
         """
         b, nw, n, c = x.shape
-        qkv = self.qkv(x).view(b, nw, n, 3, self.num_heads, self.head_dim)
+        w, bias_qkv = self.qkv.weight, self.qkv.bias
+        qkv = torch.matmul(x, w.t())
+        proj_bias = self.proj.bias
+        if bias_qkv is not None:
+            qkv[..., :c] += bias_qkv[:c]
+            proj_bias = proj_bias + self.proj.weight @ bias_qkv[2 * c:]
+        qkv = qkv.view(b, nw, n, 3, self.num_heads, self.head_dim)
         parts = []
         for w0, w1, bias in segments:
             part = qkv[:, w0:w1].reshape(-1, n, 3, self.num_heads, self.head_dim)
@@ -305,7 +317,8 @@ class WindowAttention(nn.Module):
             # a 4-D mask keeps SDPA on its fused CPU kernel (a 3-D one falls back to the math path)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype), scale=self.scale)
             parts.append(out.transpose(1, 2).reshape(b, w1 - w0, n, c))
-        return self.proj(parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+        att = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return F.linear(att, self.proj.weight, proj_bias)
 
 
 class Mlp(nn.Module):
@@ -455,7 +468,9 @@ def estimate_peak(cfg: LUAConfig, shape: tuple[int, ...], head: str, plan: Forwa
     Counts the tensors alive at the widest point of each phase: the trunk keeps the shallow
     features, the group residual and two token buffers (a gather reads one, writes the other);
     a window chunk adds norm/qkv/attention/MLP temporaries; a head band holds its widest conv's
-    input and output plus the pixel-shuffled copy, next to the growing output.
+    input and output plus the pixel-shuffled copy, next to the growing output. Convolutions count
+    their output twice: CPU (oneDNN) convolutions compute in a blocked layout and reorder, which
+    measured peaks (benchmarks/lua_speed.py memory) show.
     """
     b, _, h, w = shape
     ws = cfg.window_size
@@ -464,7 +479,7 @@ def estimate_peak(cfg: LUAConfig, shape: tuple[int, ...], head: str, plan: Forwa
     hidden = int(e * cfg.mlp_ratio)
     tokens = b * hp * wp
     n = cfg.ws_eff ** 2
-    trunk = 4 * tokens * e
+    trunk = 5 * tokens * e
     chunk_tokens = tokens if plan.chunk_windows is None else min(tokens, plan.chunk_windows * n)
     heads_max = max(cfg.num_heads)
     window = chunk_tokens * max(8 * e, 2 * hidden + 3 * e) + (chunk_tokens // n) * heads_max * n * n // 8
@@ -473,10 +488,10 @@ def estimate_peak(cfg: LUAConfig, shape: tuple[int, ...], head: str, plan: Forwa
     s = hc.scale
     halo = 2 + len(_upsample_steps(s))
     rows = h if plan.head_rows is None else min(h, plan.head_rows)
-    band = b * (min(hp, rows + 2 * halo)) * wp * nf * s * s * 9 // 4
+    band = b * (min(hp, rows + 2 * halo)) * wp * nf * s * s * 13 // 4
     out = 2 * b * hc.out_chans * (h * s) * (w * s)
     head_phase = tokens * e + band + out
-    return int(elem * max(trunk + window, trunk + 2 * tokens * e, head_phase))
+    return int(elem * max(trunk + window, trunk + 3 * tokens * e, head_phase))
 
 
 def plan_forward(cfg: LUAConfig, shape: tuple[int, ...], head: str, max_memory: int | None,
