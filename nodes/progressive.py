@@ -59,9 +59,9 @@ class ProgressiveSampler(io.ComfyNode):
                 "re-noise it to `strength` and finish at the larger size; repeat for each stage. "
                 "Steps are weighted toward the cheap low-resolution stages."),
             inputs=[
-                io.Model.Input("model"),
-                io.Conditioning.Input("positive"),
-                io.Conditioning.Input("negative"),
+                io.Model.Input("model", tooltip="The diffusion model that samples every stage."),
+                io.Conditioning.Input("positive", tooltip="What to generate, as for KSampler."),
+                io.Conditioning.Input("negative", tooltip="What to avoid, as for KSampler."),
                 io.Latent.Input("latent_image", tooltip="The first stage's latent: its size is the lowest "
                                 "resolution (e.g. an empty 512x512 latent for a 1024x1024 result in 2 stages)."),
                 io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
@@ -76,9 +76,11 @@ class ProgressiveSampler(io.ComfyNode):
                              "one before (30 over 2 stages: 20,10). Ignored when stage_steps is set."),
                 io.String.Input("stage_steps", default="", tooltip="Steps per stage as a comma list, e.g. "
                                 "'20,10' (one count per stage); empty to split `steps` automatically."),
-                io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01),
-                io.Combo.Input("sampler_name", options=_sampler_names()),
-                io.Combo.Input("scheduler", options=_scheduler_names()),
+                io.Float.Input("cfg", default=8.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="Classifier-free guidance scale, as for KSampler, in every stage."),
+                io.Combo.Input("sampler_name", options=_sampler_names(), tooltip="ComfyUI sampler for every stage."),
+                io.Combo.Input("scheduler", options=_scheduler_names(),
+                               tooltip="ComfyUI scheduler; each stage builds its own schedule."),
                 io.Float.Input("strength", default=0.75, min=0.01, max=1.0, step=0.01,
                                tooltip="Re-noise strength of the later stages, as KSampler's denoise: a stage "
                                "of n steps runs the last n steps of an int(n / strength)-step schedule "
@@ -99,7 +101,7 @@ class ProgressiveSampler(io.ComfyNode):
                                "Unconnected: `upscale_method` interpolation."),
             ],
             outputs=[
-                io.Latent.Output("LATENT", display_name="samples"),
+                io.Latent.Output("LATENT", display_name="samples", tooltip="The last stage's latent (the full size)."),
                 io.Latent.Output("STAGE_LATENTS", display_name="stage_latents", is_output_list=True,
                                  tooltip="The denoised latent of every stage, smallest first (a list)."),
             ],
@@ -137,10 +139,11 @@ class ReNoiseLatent(io.ComfyNode):
                 "`start_at_step` (same sampler and scheduler), or to SamplerCustom (add_noise off) with "
                 "`sigmas`. With the same seed this equals KSampler with denoise = strength."),
             inputs=[
-                io.Latent.Input("samples"),
+                io.Latent.Input("samples", tooltip="The clean latent to re-noise (e.g. from Latent Upscale (LUA))."),
                 io.Model.Input("model", tooltip="The model that samples next (for FLUX.1: patched with the "
                                "shift of this resolution, e.g. by ModelSamplingFlux)."),
-                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True),
+                io.Int.Input("seed", default=0, min=0, max=MAX_SEED, control_after_generate=True,
+                             tooltip="Seed of the added noise."),
                 io.Float.Input("strength", default=0.75, min=0.01, max=1.0, step=0.01,
                                tooltip="As KSampler's denoise: the continuation runs the last `steps` steps of "
                                "an int(steps / strength)-step schedule (at least steps + 1)."),
@@ -148,14 +151,16 @@ class ReNoiseLatent(io.ComfyNode):
                              tooltip="Steps the continuation runs from this noise level."),
                 io.Combo.Input("sampler_name", options=_sampler_names(),
                                tooltip="The continuation's sampler (dpm_2, uni_pc... get an extra schedule step)."),
-                io.Combo.Input("scheduler", options=_scheduler_names()),
+                io.Combo.Input("scheduler", options=_scheduler_names(),
+                               tooltip="The scheduler of the sampler that continues (sets the start sigma)."),
                 io.Float.Input("sigma", default=0.0, min=0.0, max=20000.0, step=0.001, round=False,
                                tooltip="If above 0: noise to exactly this sigma instead of the strength's. "
                                "`sigmas` then starts at it; start_at_step is the first step of the full "
                                "`steps` schedule at or below it."),
             ],
             outputs=[
-                io.Latent.Output("LATENT", display_name="samples"),
+                io.Latent.Output("LATENT", display_name="samples",
+                                 tooltip="The noisy latent, for KSamplerAdvanced with add_noise disabled."),
                 io.Int.Output("STEPS", display_name="steps", tooltip="KSamplerAdvanced steps."),
                 io.Int.Output("START_AT_STEP", display_name="start_at_step",
                               tooltip="KSamplerAdvanced start_at_step."),

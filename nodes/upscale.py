@@ -51,7 +51,7 @@ class LatentUpscaleLUA(io.ComfyNode):
                     tooltip=("0 = off (exact; memory is handled automatically). Otherwise tile size in latent "
                              "pixels, to bound memory on huge latents: approximate, seams may differ slightly.")),
             ],
-            outputs=[io.Latent.Output()],
+            outputs=[io.Latent.Output(tooltip="The upscaled latent, ready for VAE Decode or a hires-fix sampler.")],
         )
 
     @classmethod

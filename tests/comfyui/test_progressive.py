@@ -511,7 +511,8 @@ def test_example_workflows_load_and_run(server: harness.ComfyServer, tiny_lua_fi
         ui, api = load_workflow(name)
         assert ui["version"] == 0.4
         assert any(node["type"] in FRONTEND_ONLY and node["widgets_values"][0].strip() for node in ui["nodes"])
-        assert {m["directory"] for m in ui["models"]} == {"checkpoints", "latent_upscale_models"}
+        # not the LUA weights: Load LUA Model downloads them (the frontend would refuse to fetch a .pth)
+        assert {m["directory"] for m in ui["models"]} == {"checkpoints"}
         for node in ui["nodes"]:
             for model in node["properties"].get("models", []):
                 assert model["url"].startswith("https://huggingface.co/") and model in ui["models"]

@@ -78,14 +78,11 @@ EXPECTED: dict[str, dict[str, Any]] = {
 # Frontend rules for the Missing Models dialog's Download button (frontend 1.32.9, MissingModelsWarning):
 # a URL from these sources and a file name with these suffixes, else the entry shows an error instead.
 DIALOG_ERRORS = ("Only allowed suffixes", "Download not allowed", "Invalid directory")
-# Known, reported, not ours to change: the progressive workflows list the LUA weights (a .pth, which the
-# frontend will not download; Load LUA Model downloads them itself). Remove an entry once it is fixed.
-KNOWN_DIALOG_ERRORS = {
-    "progressive_sampler": {"latent_upscale_models / lua_flux.pth"},
-    "progressive_building_blocks": {"latent_upscale_models / lua_flux.pth"},
-}
+# Known dialog errors per workflow (none today: Load LUA Model downloads the LUA weights itself, so no
+# workflow lists that .pth, which the frontend would refuse to download).
+KNOWN_DIALOG_ERRORS: dict[str, set[str]] = {}
 # The pack's node types the workflows use, whose every input and widget must carry a tooltip.
-FULLY_DOCUMENTED = ("LUA_LoadModel", "LUA_LatentUpscale")
+FULLY_DOCUMENTED = ("LUA_LoadModel", "LUA_LatentUpscale", "LUA_ProgressiveSampler", "LUA_ReNoiseLatent")
 
 
 def load(name: str) -> tuple[dict, dict]:
