@@ -234,10 +234,10 @@ def bench_pipeline(args) -> list[dict]:
     for size in args.pipeline_sizes:
         z = torch.randn(1, 16, size, size, device=args.device)
         with torch.inference_mode():
-            t_lua = timed(lambda: dec(lua(z, "x2")), args.device, 1)
-            t_bic = timed(lambda: dec(F.interpolate(z, scale_factor=2, mode="bicubic")), args.device, 1)
-            t_px = timed(lambda: swinir(dec(z).clamp(-1, 1) * 0.5 + 0.5), args.device, 1)
-            t_up = timed(lambda: lua(z, "x2"), args.device, 1)
+            t_lua = timed(lambda: dec(lua(z, "x2")), args.device, args.repeat)
+            t_bic = timed(lambda: dec(F.interpolate(z, scale_factor=2, mode="bicubic")), args.device, args.repeat)
+            t_px = timed(lambda: swinir(dec(z).clamp(-1, 1) * 0.5 + 0.5), args.device, args.repeat)
+            t_up = timed(lambda: lua(z, "x2"), args.device, args.repeat)
             t_sw = timed(lambda: swinir(torch.rand(1, 3, size * 8, size * 8, device=args.device)), args.device, 1)
         rows.append(dict(latent=size, lua_decode=t_lua, bicubic_decode=t_bic, decode_swinir=t_px,
                          lua_alone=t_up, swinir_alone=t_sw))
