@@ -43,6 +43,13 @@ def released_model(device: str, dtype: torch.dtype, seed: int = 0) -> LUA:
     return m.to(device=device, dtype=dtype)
 
 
+def attention_flops(cfg: LUAConfig, b: int, h: int, w: int) -> float:
+    """The QK^T and AV multiply-adds x2 of all blocks (part of ``lua_flops``)."""
+    ws = cfg.window_size
+    t = b * (h + (ws - h % ws) % ws) * (w + (ws - w % ws) % ws)
+    return float(sum(cfg.depths) * 4 * t * cfg.ws_eff ** 2 * cfg.embed_dim)
+
+
 def lua_flops(cfg: LUAConfig, b: int, h: int, w: int, head: str) -> float:
     """Multiply-adds x2 of one forward at the padded size (linear layers, attention, convolutions)."""
     ws = cfg.window_size
@@ -61,6 +68,24 @@ def lua_flops(cfg: LUAConfig, b: int, h: int, w: int, head: str) -> float:
         res *= 4
     head_flops += 2 * res * 9 * nf * hc.out_chans
     return float(blocks + conv + head_flops)
+
+
+def attention_seconds(cfg: LUAConfig, b: int, h: int, w: int, device: str, dtype: torch.dtype, repeat: int) -> float:
+    """Measured time of the window attention kernels alone (SDPA with a bias), for all blocks.
+
+    Attention is not GEMM-bound on a CPU: its softmax evaluates one exp per logit (12.6M per block
+    at 64^2), so this is the floor a forward cannot go under, next to the GEMM bound of the rest.
+    """
+    ws = cfg.window_size
+    hp, wp = h + (ws - h % ws) % ws, w + (ws - w % ws) % ws
+    n, heads = cfg.ws_eff ** 2, cfg.num_heads[0]
+    hd = cfg.embed_dim // heads
+    nw = b * (hp // cfg.ws_eff) * (wp // cfg.ws_eff)
+    q, k, v = (torch.randn(nw, heads, n, hd, device=device, dtype=dtype) for _ in range(3))
+    bias = torch.randn(1, heads, n, n, device=device, dtype=dtype)
+    with torch.inference_mode():
+        one = timed(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=bias), device, repeat)
+    return one * sum(cfg.depths)
 
 
 def gemm_rate(device: str, dtype: torch.dtype, tokens: int = 4096, e: int = 360) -> float:
@@ -114,7 +139,7 @@ def bench_speed(args) -> list[dict]:
     print(f"GEMM rate measured now: {rate / 1e9:.0f} GFLOP/s ({args.device}, {args.dtype}, "
           f"{torch.get_num_threads()} threads)")
     print(f"{'latent':>8} {'head':>4} {'baseline s':>11} {'ours s':>8} {'ratio':>6} {'cpu ratio':>9} {'GFLOP':>7} "
-          f"{'bound s':>8} {'ours/bound':>10} {'max|diff|':>10}")
+          f"{'bound s':>8} {'ours/bound':>10} {'bound+attn s':>12} {'ours/that':>9} {'max|diff|':>10}")
     rows = []
     for size in args.sizes:
         x = torch.randn(1, 16, size, size, device=args.device, dtype=dtype)
@@ -125,12 +150,17 @@ def bench_speed(args) -> list[dict]:
                 diff = (out.float() - ref.float()).abs().max().item()
                 tb, cb = timed2(lambda: baseline_forward(model, x, head), args.device, args.repeat)
                 to, co = timed2(lambda: model(x, head), args.device, args.repeat)
-            flops = lua_flops(model.config, 1, size, size, head)
+            cfg = model.config
+            flops = lua_flops(cfg, 1, size, size, head)
             bound = flops / rate
+            attn_flops = attention_flops(cfg, 1, size, size)
+            attn_s = attention_seconds(cfg, 1, size, size, args.device, dtype, args.repeat)
+            bound2 = (flops - attn_flops) / rate + attn_s
             rows.append(dict(size=size, head=head, baseline_s=tb, ours_s=to, ratio=to / tb, cpu_ratio=co / cb,
-                             gflop=flops / 1e9, bound_s=bound, ours_over_bound=to / bound, max_abs_diff=diff))
+                             gflop=flops / 1e9, bound_s=bound, ours_over_bound=to / bound,
+                             bound_with_measured_attention_s=bound2, max_abs_diff=diff))
             print(f"{size:>6}^2 {head:>4} {tb:>11.3f} {to:>8.3f} {to / tb:>6.3f} {co / cb:>9.3f} {flops / 1e9:>7.0f} "
-                  f"{bound:>8.3f} {to / bound:>10.2f} {diff:>10.2e}")
+                  f"{bound:>8.3f} {to / bound:>10.2f} {bound2:>12.3f} {to / bound2:>9.2f} {diff:>10.2e}")
     return rows
 
 
