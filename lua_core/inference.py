@@ -108,6 +108,9 @@ def upscale_latent(model: LatentUpscaler, latent: torch.Tensor, scale: float, *,
         raise LuaError(f"scale must be a finite number >= 1, got {scale!r}")
     if tile is not None and (not isinstance(tile, int) or tile < 1):
         raise LuaError(f"tile must be a positive number of latent pixels, got {tile!r}")
+    if overlap is not None and (not isinstance(overlap, int) or overlap < 0
+                                or (tile is not None and overlap >= tile)):
+        raise LuaError(f"overlap must be a whole number of latent pixels from 0 to tile - 1, got {overlap!r}")
     if scale == 1.0:  # nothing to add: every family returns its input at x1 (NNLatentUpscale does too)
         return latent.clone()
     run_scale, needs_resample = plan_scale(model, scale)
@@ -132,7 +135,11 @@ def upscale_latent(model: LatentUpscaler, latent: torch.Tensor, scale: float, *,
             out = run(x, progress)
         if needs_resample:
             out = resample(out, target)
-    return out.to(device=latent.device, dtype=latent.dtype).clone()
+    if not bool(torch.isfinite(out).all()):
+        raise LuaError(f"the {model.family} upscaler produced NaN or infinite values in {model.dtype} "
+                       "(an overflow in half precision?): load it in bf16 or fp32")
+    # one copy, made outside inference mode so callers can use the result freely
+    return out.to(device=latent.device, dtype=latent.dtype, copy=True)
 
 
 def _format_name(latent_format: Any) -> str | None:

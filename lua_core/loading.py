@@ -53,7 +53,7 @@ def build_model(ckpt: Checkpoint, *, scale: float | None = None) -> LatentUpscal
         model = fam.build(sd, ckpt.config, hints)
     except CheckpointError:
         raise
-    except (ValueError, KeyError, RuntimeError) as e:
+    except (ValueError, KeyError, RuntimeError, TypeError) as e:
         what = f"missing tensor {e}" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(ckpt.path, f"cannot be loaded as a {fam.name} model: {what}") from None
     model.source_path = None if ckpt.path is None else str(ckpt.path)

@@ -46,11 +46,13 @@ def tiled_upscale(fn: Callable[[torch.Tensor], torch.Tensor], latent: torch.Tens
     """Run ``fn`` (an integer-scale upscale) over overlapping tiles and blend the outputs.
 
     ``tile`` and ``overlap`` are latent pixels; tiles are aligned to ``align`` (the model's window,
-    so tile windows coincide with the whole latent's). One tile covering the latent is exactly
-    ``fn(latent)``. Deterministic: tiles run and accumulate in a fixed order.
+    so tile windows coincide with the whole latent's) and span at least two of them. One tile
+    covering the latent is exactly ``fn(latent)``. Deterministic: tiles run and accumulate in a fixed order.
     """
     b, c, h, w = latent.shape
-    tile = max(align, (tile // align) * align)
+    # at least two aligned steps per tile: with one, no aligned stride is shorter than the tile and
+    # the tiles could not overlap (hard seams)
+    tile = max(2 * align, (tile // align) * align)
     if overlap is None:
         overlap = max(align, ((tile // 4) // align) * align)
     overlap = min(overlap, tile - 1) if tile > 1 else 0

@@ -26,7 +26,7 @@ LUAModel = io.Custom("LUA_MODEL")
 #: share of the free memory a forward may plan to use (the rest: allocator slack, other tensors)
 MEMORY_SHARE = 0.8
 #: smallest tile tried after an out-of-memory error at batch size 1 (latent pixels)
-MIN_TILE = 16
+MIN_TILE = 16  # latent pixels; at least two of the model's windows (LUA: 32), or tiles could not overlap
 
 
 class LUALatentUpscaler(torch.nn.Module):
@@ -110,7 +110,9 @@ def run_upscale(handle: LUAModelHandle, samples: torch.Tensor, scale: float, *,
     upscaler = handle.upscaler
     batch = samples.shape[0]
     per_sample = working_memory(upscaler, (1, *samples.shape[1:]), scale, upscaler.dtype)
-    mm.load_models_gpu([handle.patcher], memory_required=per_sample * batch)
+    # full load: a partial (lowvram) load moves only leaf modules' own weights and would leave LUA's
+    # relative-position tables and buffers on the CPU
+    mm.load_models_gpu([handle.patcher], memory_required=per_sample * batch, force_full_load=True)
     device = handle.patcher.load_device
     free = mm.get_free_memory(device)
     step = max(1, min(batch, int(free * MEMORY_SHARE) // max(1, per_sample)))
@@ -155,7 +157,7 @@ def run_upscale(handle: LUAModelHandle, samples: torch.Tensor, scale: float, *,
                 log.warning("ComfyUI-LUA: out of memory upscaling %d latents at once; retrying %d at a time",
                             count, step)
                 continue
-            oom = e
+            oom = RuntimeError(str(e))  # the message only: the traceback would pin the failed tensors
             tile = _smaller_tile(tile, samples.shape[-2:], e, handle)
             log.warning("ComfyUI-LUA: out of memory on one %dx%d latent; retrying in %d-pixel tiles (approximate)",
                         samples.shape[-2], samples.shape[-1], tile)
@@ -170,7 +172,7 @@ def _smaller_tile(tile: int | None, hw: torch.Size, error: BaseException, handle
     """The next tile size to try after an out-of-memory error, or a clear error when none is left."""
     current = tile if tile is not None else max(hw)
     nxt = current // 2
-    if nxt < MIN_TILE:
+    if nxt < max(MIN_TILE, 2 * getattr(handle.upscaler, "tile_align", 1)):
         raise _out_of_memory(hw, current, error, handle) from error
     return nxt
 

@@ -49,7 +49,8 @@ class LatentUpscaleLUA(io.ComfyNode):
                 io.Int.Input(
                     "tile", default=0, min=0, max=1024, step=8, optional=True,
                     tooltip=("0 = off (exact; memory is handled automatically). Otherwise tile size in latent "
-                             "pixels, to bound memory on huge latents: approximate, seams may differ slightly.")),
+                             "pixels (LUA: rounded to its 16-pixel window, at least 32), to bound memory on huge "
+                             "latents: approximate, seams may differ slightly.")),
             ],
             outputs=[io.Latent.Output(tooltip="The upscaled latent, ready for VAE Decode or a hires-fix sampler.")],
         )

@@ -246,3 +246,55 @@ def test_half_precision_models_and_latents(conformance, name, dtype, tol):
         assert drift <= tol, f"{dtype} drift {drift:.4f}"
     # an fp32 latent through a half model comes back fp32
     assert lua_core.upscale_latent(model, x, 2).dtype == torch.float32
+
+
+def test_head_dim_padding_for_fused_gpu_kernels_is_exact(public16, monkeypatch):
+    """The zero-padding of head_dim that keeps CUDA on its fused kernel does not change results
+    (exercised on the CPU by enabling it there)."""
+    from lua_core.archs import lua as lua_arch
+    model, vec = public16
+    x = vec["input_1"]
+    plain = lua_core.upscale_latent(model, x, 2)
+    monkeypatch.setattr(lua_arch, "PAD_HEAD_DIM_ON", ("cpu",))
+    padded = lua_core.upscale_latent(model, x, 2)
+    assert model.config.embed_dim // model.config.num_heads[0] % 8 != 0  # the padding really ran
+    assert (padded - plain).abs().max().item() <= 1e-5
+
+
+def test_overflow_is_reported_not_passed_on():
+    model = make_lua()
+    with torch.no_grad():
+        model.conv_first.weight.mul_(1e30)
+    with pytest.raises(ValueError, match="NaN or infinite values"):
+        lua_core.upscale_latent(model, torch.randn(1, 16, 8, 8) * 1e10, 2)
+
+
+@pytest.mark.parametrize("overlap", [-16, 32, 40, 1.5])
+def test_bad_overlap(overlap):
+    with pytest.raises(ValueError, match="overlap"):
+        lua_core.upscale_latent(make_lua(), torch.randn(1, 16, 64, 64), 2, tile=32, overlap=overlap)
+
+
+def test_small_tiles_still_overlap(public16):
+    """A tile of one window would leave no aligned stride shorter than itself: tiles are at least two
+    windows, so neighbours overlap and seams are blended (error close to that of 32-px tiles)."""
+    model, _ = public16
+    x = torch.randn(1, 16, 64, 64, generator=torch.Generator().manual_seed(7))
+    ref = lua_core.upscale_latent(model, x, 2)
+    err16 = (lua_core.upscale_latent(model, x, 2, tile=16) - ref).abs().max().item()
+    err32 = (lua_core.upscale_latent(model, x, 2, tile=32) - ref).abs().max().item()
+    assert err16 == err32
+
+
+def test_malformed_header_config_is_a_checkpoint_error(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+    model = make_lua()
+    p = tmp_path / "m.safetensors"
+    cfg = model.config.to_dict() | {"depths": 6}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(p),
+              metadata={"family": "lua", "config": json.dumps(cfg)})
+    with pytest.raises(lua_core.CheckpointError) as e:
+        lua_core.load_model(p)
+    assert str(p) in str(e.value)

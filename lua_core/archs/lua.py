@@ -135,8 +135,9 @@ class LUAConfig:
         """Build from the official constructor kwargs (or ``to_dict`` output)."""
         d = dict(d)
         for k, fixed in _FIXED_KEYS.items():
-            if k in d and d.pop(k) != fixed:
-                raise ValueError(f"invalid LUA config: {k}={d.get(k)!r} is not supported (only {fixed!r})")
+            value = d.pop(k, fixed)
+            if value != fixed:
+                raise ValueError(f"invalid LUA config: {k}={value!r} is not supported (only {fixed!r})")
         for k in _IGNORED_KEYS:
             d.pop(k, None)
         known = set(cls.__dataclass_fields__)
@@ -272,6 +273,27 @@ def _conv_block(ch: int, resi_connection: str) -> nn.Module:
                          nn.Conv2d(q, ch, 3, 1, 1))
 
 
+#: devices whose fused attention kernels need head_dim to be a multiple of 8 (the released model has
+#: 30); elsewhere the unpadded call is already fused (the CPU flash kernel takes any head_dim)
+PAD_HEAD_DIM_ON = ("cuda",)
+
+
+def window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """SDPA with an additive bias, keeping CUDA on its memory-efficient kernel.
+
+    PyTorch's memory-efficient CUDA kernel (the fused one that takes a float mask) needs head_dim
+    aligned to 8 for half precision (4 for fp32); otherwise it falls back to the math kernel, which
+    materialises every window's (heads, N, N) scores. Zero columns appended to q, k and v leave
+    q @ k^T unchanged and come out as zero columns of the output, dropped again: exact.
+    """
+    hd = q.shape[-1]
+    pad = (-hd) % 8 if q.device.type in PAD_HEAD_DIM_ON else 0
+    if pad:
+        q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    return out[..., :hd] if pad else out
+
+
 class WindowAttention(nn.Module):
     def __init__(self, dim: int, ws: int, num_heads: int, qkv_bias: bool, qk_scale: float | None):
         super().__init__()
@@ -315,7 +337,7 @@ class WindowAttention(nn.Module):
             part = qkv[:, w0:w1].reshape(-1, n, 3, self.num_heads, self.head_dim)
             q, k, v = part.permute(2, 0, 3, 1, 4).unbind(0)  # each (windows, heads, N, hd)
             # a 4-D mask keeps SDPA on its fused CPU kernel (a 3-D one falls back to the math path)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype), scale=self.scale)
+            out = window_sdpa(q, k, v, bias.unsqueeze(0).to(q.dtype), self.scale)
             parts.append(out.transpose(1, 2).reshape(b, w1 - w0, n, c))
         att = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return F.linear(att, self.proj.weight, proj_bias)
@@ -445,17 +467,6 @@ class ForwardPlan:
     chunk_windows: int | None = None
     head_rows: int | None = None
     conv_rows: int | None = None
-
-    def halved(self, shape: tuple[int, ...]) -> ForwardPlan | None:
-        """The next smaller plan after an out-of-memory error, or None when nothing is left to halve."""
-        b, _, h, w = shape
-        cw = self.chunk_windows if self.chunk_windows is not None else b * h * w
-        hr = self.head_rows if self.head_rows is not None else h
-        cr = self.conv_rows if self.conv_rows is not None else h
-        if cw <= 1 and hr <= 1 and cr <= 1:
-            return None
-        return replace(self, chunk_windows=max(1, cw // 2), head_rows=max(1, hr // 2),
-                       conv_rows=max(1, cr // 2))
 
 
 def _padded(n: int, ws: int) -> int:
@@ -614,7 +625,7 @@ class LUA(LatentUpscaler):
         """Exact forward within ``max_memory`` bytes of working memory (None: the device's free memory).
 
         The plan comes from ``plan_forward``'s estimate; if the device still runs out of memory
-        the chunks are halved and the forward retried (results do not depend on the chunking).
+        re-planned for half the estimated peak and retried (results do not depend on the chunking).
         """
         from ..devices import available_memory, is_out_of_memory, release_cached_memory
         head = self.head_for(scale)
@@ -625,8 +636,15 @@ class LUA(LatentUpscaler):
             try:
                 return self.forward(latent, head, plan, progress)
             except (RuntimeError, MemoryError) as e:
-                smaller = plan.halved(tuple(latent.shape))
-                if not is_out_of_memory(e) or smaller is None:
+                if not is_out_of_memory(e):
+                    raise
+                # re-plan for half of what this plan was estimated to need: attention chunks and head
+                # bands shrink first, the trunk's conv bands only at the end (as plan_forward orders them)
+                elem = latent.element_size()
+                shape = tuple(latent.shape)
+                need = estimate_peak(self.config, shape, head, plan, elem)
+                smaller = plan_forward(self.config, shape, head, need // 2, elem)
+                if smaller == plan:
                     raise
                 release_cached_memory(latent.device)
                 plan = smaller
