@@ -15,10 +15,11 @@ import torch.nn.functional as F
 
 from .archs import LatentUpscaler, ScaleRange, describe_scales
 from .errors import LuaError
+from .latent_formats import LATENT_SPACES
 from .tiling import tiled_upscale
 
 #: ComfyUI latent format names a caller may pass for families that need one
-LATENT_FORMATS = ("flux", "sd3", "sdxl", "sd15")
+LATENT_FORMATS = tuple(LATENT_SPACES)
 
 
 def validate_latent(model: LatentUpscaler, latent: Any) -> None:

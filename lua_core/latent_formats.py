@@ -8,9 +8,10 @@ space (LSSGen) wrap their forward with these numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # data only: importable without torch (the hub registry and batch tools use it)
+    import torch
 
 
 @dataclass(frozen=True)

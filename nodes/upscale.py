@@ -12,11 +12,12 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..lua_core.errors import LuaError
+from ..lua_core.latent_formats import LATENT_SPACES
 from .handle import LUAModel, LUAModelHandle, run_upscale
 
 NODE_ID = "LUA_LatentUpscale"
 DISPLAY_NAME = "Latent Upscale (LUA)"
-LATENT_FORMATS = ("auto", "flux", "sd3", "sdxl", "sd15")
+LATENT_FORMATS = ("auto", *LATENT_SPACES)
 
 
 class LatentUpscaleLUA(io.ComfyNode):
