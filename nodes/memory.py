@@ -17,7 +17,8 @@ _GENERIC_FACTOR = 3
 def working_memory(upscaler: torch.nn.Module, shape: tuple[int, ...], scale: float, dtype: torch.dtype) -> int:
     """Estimated peak bytes (weights excluded) of upscaling a latent of ``shape`` by ``scale``.
 
-    LUA: its own one-shot estimate (the forward then chunks itself to the memory actually free).
+    LUA: its own one-shot estimate (the forward then chunks itself to the memory actually free)
+    plus the attention biases it keeps.
     Other families are plain conv nets: about three activations as wide as their widest layer at
     the output size, plus input and output.
     """
@@ -27,12 +28,15 @@ def working_memory(upscaler: torch.nn.Module, shape: tuple[int, ...], scale: flo
     io = (b * c * h * w + 2 * b * c * oh * ow) * 4  # fp32 in, out (model dtype and fp32 copy)
     if getattr(upscaler, "family", None) == "lua":
         try:
-            from ..lua_core.archs.lua import ForwardPlan, estimate_peak
+            from ..lua_core.archs.lua import ForwardPlan, bias_cache_bytes, estimate_peak
             from ..lua_core.inference import plan_scale
 
             run_scale, _ = plan_scale(upscaler, scale)
             head = upscaler.head_for(run_scale)
-            return io + estimate_peak(upscaler.config, tuple(shape), head, ForwardPlan(), elem)
+            # the attention biases the model keeps after its first run count like weights ComfyUI
+            # does not see (they are not in the state dict)
+            cache = bias_cache_bytes(upscaler.config, elem)
+            return io + cache + estimate_peak(upscaler.config, tuple(shape), head, ForwardPlan(), elem)
         except Exception:  # an unusual config: the generic estimate is good enough
             pass
     widest = max((p.shape[0] for p in upscaler.parameters() if p.ndim >= 2), default=c)

@@ -191,7 +191,8 @@ def _region_labels(ws: int, shift: int, last: bool) -> torch.Tensor:
 
 
 def shift_mask(ws: int, shift: int, last_row: bool, last_col: bool) -> torch.Tensor:
-    """(N, N) additive mask of one window kind: -100 between tokens of different regions."""
+    """(N, N) additive mask of one window kind, as the official code adds it: -100 between tokens
+    of different regions (kept as the reference the region split is tested against)."""
     r = _region_labels(ws, shift, last_row)
     c = _region_labels(ws, shift, last_col)
     labels = (r[:, None] * 3 + c[None, :]).flatten()
@@ -199,10 +200,30 @@ def shift_mask(ws: int, shift: int, last_row: bool, last_col: bool) -> torch.Ten
 
 
 @functools.lru_cache(maxsize=64)
-def _shift_mask_on(ws: int, shift: int, last_row: bool, last_col: bool, device: torch.device,
-                   dtype: torch.dtype) -> torch.Tensor:
-    """``shift_mask`` built once per kind, device and dtype (it is a constant)."""
-    return shift_mask(ws, shift, last_row, last_col).to(device=device, dtype=dtype)
+def window_regions(ws: int, shift: int, last_row: bool, last_col: bool) -> tuple[tuple[int, ...],
+                                                                                 tuple[tuple[int, int], ...]]:
+    """In-window token order that lists each shift-mask region's tokens together, and the regions'
+    [start, end) ranges in that order.
+
+    The official shifted blocks add -100 to the logits between tokens of different regions. After
+    softmax such a pair weighs exp(d - 100) relative to the row's best same-region pair, d being how
+    far its raw logit lies above that one: below fp32's resolution (6e-8) unless d > 83, which no
+    trained model comes near (and where the official mask itself would leak). So each region attends
+    only to itself, and attention runs per region on (region, region) logits: the same numbers with
+    fewer exps (a quarter of them in the corner window) and no mask to add. Unshifted windows and
+    inner windows are one region.
+    """
+    r = _region_labels(ws, shift, last_row)
+    c = _region_labels(ws, shift, last_col)
+    labels = (r[:, None] * 3 + c[None, :]).flatten()
+    order = torch.argsort(labels, stable=True)  # region by region, row-major inside each
+    ordered = labels[order].tolist()
+    ranges, start = [], 0
+    for i in range(1, len(ordered) + 1):
+        if i == len(ordered) or ordered[i] != ordered[start]:
+            ranges.append((start, i))
+            start = i
+    return tuple(order.tolist()), tuple(ranges)
 
 
 @dataclass(frozen=True)
@@ -210,8 +231,9 @@ class WindowLayout:
     """A token order in which one kind of block sees its windows as contiguous runs.
 
     ``order[i]`` is the row-major map position of the token at position i. Windows are ws x ws
-    tiles of the (rolled, for shifted blocks) map, tokens row-major inside each; shifted layouts
-    list the windows grouped by mask kind, so each group is one contiguous range sharing one bias.
+    tiles of the (rolled, for shifted blocks) map. Shifted layouts list the windows grouped by mask
+    kind, and inside each window its mask regions one after the other (``window_regions``), so each
+    (group, region) is a strided block of whole windows sharing one bias.
     ``groups``: (first window, end window, last_row, last_col).
     """
 
@@ -225,23 +247,25 @@ def window_layout(h: int, w: int, ws: int, shift: int) -> WindowLayout:
         kinds = [(False, False), (False, True), (True, False), (True, True)]
         rows = {False: range(nh - 1), True: range(nh - 1, nh)}
         cols = {False: range(nw - 1), True: range(nw - 1, nw)}
-        windows, groups = [], []
-        for lr, lc in kinds:
-            first = len(windows)
-            windows += [(r, c) for r in rows[lr] for c in cols[lc]]
-            if len(windows) > first:
-                groups.append((first, len(windows), lr, lc))
     else:
-        windows = [(r, c) for r in range(nh) for c in range(nw)]
-        groups = [(0, len(windows), False, False)]
-    wr = torch.tensor([r for r, _ in windows]).view(-1, 1, 1)
-    wc = torch.tensor([c for _, c in windows]).view(-1, 1, 1)
-    i = torch.arange(ws).view(1, -1, 1)
-    j = torch.arange(ws).view(1, 1, -1)
-    # a token at (y, x) of the rolled map is the token at (y + shift, x + shift) of the map
-    y = (wr * ws + i + shift) % h
-    x = (wc * ws + j + shift) % w
-    return WindowLayout((y * w + x).flatten(), tuple(groups))
+        kinds = [(False, False)]
+        rows, cols = {False: range(nh)}, {False: range(nw)}
+    pieces, groups, first = [], [], 0
+    for lr, lc in kinds:
+        windows = [(r, c) for r in rows[lr] for c in cols[lc]]
+        if not windows:
+            continue
+        order = torch.tensor(window_regions(ws, shift, lr, lc)[0])
+        i, j = (order // ws).view(1, -1), (order % ws).view(1, -1)
+        wr = torch.tensor([r for r, _ in windows]).view(-1, 1)
+        wc = torch.tensor([c for _, c in windows]).view(-1, 1)
+        # a token at (y, x) of the rolled map is the token at (y + shift, x + shift) of the map
+        y = (wr * ws + i + shift) % h
+        x = (wc * ws + j + shift) % w
+        pieces.append((y * w + x).flatten())
+        groups.append((first, first + len(windows), lr, lc))
+        first += len(windows)
+    return WindowLayout(torch.cat(pieces), tuple(groups))
 
 
 class _Layouts:
@@ -311,36 +335,53 @@ class WindowAttention(nn.Module):
         table = self.relative_position_bias_table.t()
         return table.index_select(1, self.relative_position_index.view(-1)).view(-1, n, n)
 
-    def forward(self, x: torch.Tensor, segments: list[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
-        """Attention over windows x: (B, W, N, C); ``segments`` are (first, end, bias) window ranges
-        covering 0..W, each with its (heads, N, N) additive bias.
+    def proj_bias(self) -> torch.Tensor:
+        """The output projection's bias with the value bias folded in.
 
-        The projections run once over all windows (large GEMMs); only the attention itself runs per
-        segment, since each kind of window has its own bias.
+        Attention rows sum to one, so the value bias passes through attention unchanged and
+        ``proj`` maps it to ``W_proj @ b_v``; the key bias adds the same amount to every logit of a
+        query row, which softmax ignores. Only the query bias is left to add (see ``attend``).
+        """
+        if self.qkv.bias is None:
+            return self.proj.bias
+        c = self.proj.weight.shape[0]
+        return torch.addmv(self.proj.bias, self.proj.weight, self.qkv.bias[2 * c:])
 
-        The qkv bias is applied the cheap way, with identical results up to rounding: the key bias
-        adds the same amount to every logit of a query row, which softmax ignores, so it is
-        dropped; attention rows sum to one, so the value bias passes through unchanged and is
-        folded into the output projection's bias. Only the query bias is added (a third of the
-        work, and no bias copy into the GEMM's output).
+    def attend(self, x: torch.Tensor, segments: list[tuple[int, int, int, int, torch.Tensor]]) -> torch.Tensor:
+        """Attention of normalised windows x: (B, W, N, C) -> (B, W, N, C), before ``proj``.
+
+        ``segments`` are (first window, end window, first token, end token, (heads, n, n) bias)
+        blocks covering all windows and tokens; attention runs inside each block. The qkv
+        projection runs once over all windows (one large GEMM), without the key and value biases
+        (see ``proj_bias``).
         """
         b, nw, n, c = x.shape
-        w, bias_qkv = self.qkv.weight, self.qkv.bias
-        qkv = torch.matmul(x, w.t())
-        proj_bias = self.proj.bias
-        if bias_qkv is not None:
-            qkv[..., :c] += bias_qkv[:c]
-            proj_bias = proj_bias + self.proj.weight @ bias_qkv[2 * c:]
+        qkv = torch.matmul(x, self.qkv.weight.t())
+        if self.qkv.bias is not None:
+            qkv[..., :c] += self.qkv.bias[:c]
         qkv = qkv.view(b, nw, n, 3, self.num_heads, self.head_dim)
-        parts = []
-        for w0, w1, bias in segments:
-            part = qkv[:, w0:w1].reshape(-1, n, 3, self.num_heads, self.head_dim)
-            q, k, v = part.permute(2, 0, 3, 1, 4).unbind(0)  # each (windows, heads, N, hd)
+        grad = torch.is_grad_enabled()
+        att = None if grad else qkv.new_empty(b, nw, n, c)
+        rows: dict[tuple[int, int], list[torch.Tensor]] = {}
+        for w0, w1, o0, o1, bias in segments:
+            part = qkv[:, w0:w1, o0:o1].reshape(-1, o1 - o0, 3, self.num_heads, self.head_dim)
+            q, k, v = part.permute(2, 0, 3, 1, 4).unbind(0)  # each (windows, heads, n, hd)
             # a 4-D mask keeps SDPA on its fused CPU kernel (a 3-D one falls back to the math path)
             out = window_sdpa(q, k, v, bias.unsqueeze(0).to(q.dtype), self.scale)
-            parts.append(out.transpose(1, 2).reshape(b, w1 - w0, n, c))
-        att = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        return F.linear(att, self.proj.weight, proj_bias)
+            out = out.transpose(1, 2).reshape(b, w1 - w0, o1 - o0, c)
+            if len(segments) == 1:
+                return out
+            if grad:
+                rows.setdefault((w0, w1), []).append(out)
+            else:
+                att[:, w0:w1, o0:o1] = out
+        if grad:
+            return torch.cat([torch.cat(parts, dim=2) for parts in rows.values()], dim=1)
+        return att
+
+    def forward(self, x: torch.Tensor, segments: list[tuple[int, int, int, int, torch.Tensor]]) -> torch.Tensor:
+        """Attention and output projection of normalised windows x: (B, W, N, C)."""
+        return F.linear(self.attend(x, segments), self.proj.weight, self.proj_bias())
 
 
 class Mlp(nn.Module):
@@ -362,38 +403,86 @@ class SwinBlock(nn.Module):
         self.attn = WindowAttention(dim, ws, num_heads, cfg.qkv_bias, cfg.qk_scale)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
+        # inference keeps the biases built from the table here (a non-persistent buffer, so it moves
+        # with the module); rebuilt when the table changes
+        self.register_buffer("bias_cache", None, persistent=False)
+        self._bias_key: tuple[Any, ...] | None = None
 
-    def biases(self, layout: WindowLayout) -> list[tuple[int, int, torch.Tensor]]:
-        """(first window, end window, (heads, N, N) bias) per window group: position bias (+ shift mask)."""
+    def _region_biases(self) -> dict[tuple[bool, bool], list[tuple[int, int, torch.Tensor]]]:
+        """Per window kind, its regions as (first token, end token, (heads, n, n) bias)."""
         pos = self.attn.position_bias()
-        out = []
-        for g0, g1, last_row, last_col in layout.groups:
-            if self.shift and (last_row or last_col):
-                out.append((g0, g1, pos + _shift_mask_on(self.ws, self.shift, last_row, last_col, pos.device,
-                                                         pos.dtype)))
-            else:
-                out.append((g0, g1, pos))
+        kinds = [(False, False)] + ([(False, True), (True, False), (True, True)] if self.shift else [])
+        out = {}
+        for kind in kinds:
+            order, ranges = window_regions(self.ws, self.shift, *kind)
+            if len(ranges) == 1:
+                out[kind] = [(0, len(order), pos)]
+                continue
+            idx = torch.tensor(order, device=pos.device)
+            out[kind] = [(a, b, pos.index_select(1, idx[a:b]).index_select(2, idx[a:b])) for a, b in ranges]
         return out
+
+    def region_biases(self) -> dict[tuple[bool, bool], list[tuple[int, int, torch.Tensor]]]:
+        """``_region_biases``, built once per table state when no gradient is recorded."""
+        if torch.is_grad_enabled():
+            return self._region_biases()
+        table = self.attn.relative_position_bias_table
+        try:
+            version = table._version
+        except RuntimeError:  # an inference tensor: it has no version counter
+            version = None
+        key = (table.data_ptr(), version, table.dtype, table.device)
+        cache = self.bias_cache
+        if cache is None or key != self._bias_key or cache.device != table.device or cache.dtype != table.dtype:
+            built = self._region_biases()
+            flat = [bias.reshape(-1) for regions in built.values() for _, _, bias in regions]
+            cache = self.bias_cache = torch.cat(flat)
+            self._bias_key = key
+            self._bias_shapes = {kind: [(a, b, tuple(bias.shape)) for a, b, bias in regions]
+                                 for kind, regions in built.items()}
+        out, offset = {}, 0
+        for kind, regions in self._bias_shapes.items():
+            out[kind] = []
+            for a, b, shape in regions:
+                size = math.prod(shape)
+                out[kind].append((a, b, cache[offset:offset + size].view(shape)))
+                offset += size
+        return out
+
+    def segments(self, layout: WindowLayout) -> list[tuple[int, int, int, int, torch.Tensor]]:
+        """(first window, end window, first token, end token, bias) blocks of ``layout``."""
+        biases = self.region_biases()
+        return [(g0, g1, a, b, bias) for g0, g1, lr, lc in layout.groups for a, b, bias in biases[(lr, lc)]]
 
     def forward(self, t: torch.Tensor, layout: WindowLayout, chunk_windows: int | None = None) -> torch.Tensor:
         """t: (B, L, C) tokens in ``layout`` order -> same shape and order.
 
         Inference accumulates the residuals in place, over chunks of at most ``chunk_windows``
-        windows (all at once by default); with autograd recording it runs out of place.
+        windows (all at once by default), with the output projections and fc2 accumulating into
+        the residual stream inside their GEMMs; with autograd recording it runs out of place.
         """
         b, n_tok, c = t.shape
         n = self.ws * self.ws
         nw = n_tok // n
         win = t.view(b, nw, n, c)
-        groups = self.biases(layout)
+        segments = self.segments(layout)
         if torch.is_grad_enabled():
-            win = win + self.attn(self.norm1(win), groups)
+            win = win + self.attn(self.norm1(win), segments)
             return (win + self.mlp(self.norm2(win))).view(b, n_tok, c)
+        proj_bias = self.attn.proj_bias()
+        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
         for bs, w0, w1 in _chunks(b, nw, chunk_windows):
             w = win[bs, w0:w1]
-            segments = [(max(g0, w0) - w0, min(g1, w1) - w0, bias) for g0, g1, bias in groups if g0 < w1 and g1 > w0]
-            w += self.attn(self.norm1(w), segments)
-            w += self.mlp(self.norm2(w))
+            segs = [(max(g0, w0) - w0, min(g1, w1) - w0, a, e, bias) for g0, g1, a, e, bias in segments
+                    if g0 < w1 and g1 > w0]
+            att = self.attn.attend(self.norm1(w), segs)
+            flat = w.view(-1, c)  # chunks are contiguous runs of windows
+            flat += proj_bias
+            flat.addmm_(att.reshape(-1, c), self.attn.proj.weight.t())
+            hidden = F.linear(self.norm2(w), fc1.weight, fc1.bias)
+            torch.ops.aten.gelu_(hidden)  # exact (erf) GELU, in place
+            flat += fc2.bias
+            flat.addmm_(hidden.view(-1, hidden.shape[-1]), fc2.weight.t())
         return win.view(b, n_tok, c)
 
 
@@ -503,6 +592,20 @@ def estimate_peak(cfg: LUAConfig, shape: tuple[int, ...], head: str, plan: Forwa
     out = 2 * b * hc.out_chans * (h * s) * (w * s)
     head_phase = tokens * e + band + out
     return int(elem * max(trunk + window, trunk + 3 * tokens * e, head_phase))
+
+
+def bias_cache_bytes(cfg: LUAConfig, elem: int = 4) -> int:
+    """Bytes of the attention biases inference keeps per model (``SwinBlock.region_biases``):
+    each block's (heads, N, N) position bias, plus its mask regions' biases in shifted blocks."""
+    ws, shift = cfg.ws_eff, cfg.shift
+    per_head = ws ** 4
+    shifted = per_head + sum((b - a) ** 2 for kind in ((False, True), (True, False), (True, True))
+                             for a, b in window_regions(ws, shift, *kind)[1]) if shift else per_head
+    total = 0
+    for depth, heads in zip(cfg.depths, cfg.num_heads):
+        n_shifted = depth // 2
+        total += heads * ((depth - n_shifted) * per_head + n_shifted * shifted)
+    return total * elem
 
 
 def plan_forward(cfg: LUAConfig, shape: tuple[int, ...], head: str, max_memory: int | None,
