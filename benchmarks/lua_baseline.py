@@ -3,16 +3,28 @@
 Same weights as ``lua_core.archs.lua.LUA`` (it reads them from that module), but every step done
 the plain way: reflect pad, per block roll + window partition into (B * nW, N, C), an additive
 attention bias rebuilt per block and per call (relative-position bias plus the shift mask,
-repeated for every batch item), one-shot heads. Used by the benchmarks as the reference time and by
-the tests as an independent check of the optimised forward.
+repeated for every batch item), one-shot heads, torch's own convolutions. Used by the benchmarks
+as the reference time and by the tests as an independent check of the optimised forward.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lua_core.archs.lua import LUA, SwinBlock
+
+
+def _plain(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Run a conv stack with torch's own convolution (lua_core's Conv2d would use Winograd on CPU)."""
+    if isinstance(module, nn.Sequential):
+        for sub in module:
+            x = _plain(sub, x)
+        return x
+    if isinstance(module, nn.Conv2d):
+        return nn.Conv2d.forward(module, x)
+    return module(x)
 
 
 def official_shift_mask(h: int, w: int, ws: int, shift: int) -> torch.Tensor:
@@ -61,15 +73,16 @@ def baseline_forward(model: LUA, x: torch.Tensor, head: str) -> torch.Tensor:
     ws = cfg.window_size
     x = F.pad(x, (0, (ws - w0 % ws) % ws, 0, (ws - h0 % ws) % ws), mode="reflect")
     h, w = x.shape[-2:]
-    f0 = model.conv_first(x)
+    f0 = _plain(model.conv_first, x)
     t = model.patch_embed.norm(f0.flatten(2).transpose(1, 2))
     for layer in model.layers:
         res = t
         for blk in layer.residual_group.blocks:
             t = _block(blk, t, h, w)
         img = t.transpose(1, 2).reshape(t.shape[0], -1, h, w)
-        t = layer.conv(img).flatten(2).transpose(1, 2) + res
+        t = _plain(layer.conv, img).flatten(2).transpose(1, 2) + res
     t = model.norm(t).transpose(1, 2).reshape(x.shape[0], -1, h, w)
-    feat = model.conv_after_body(t) + f0
+    feat = _plain(model.conv_after_body, t) + f0
     hd = model.heads[head]
-    return hd(feat)[..., : h0 * hd.scale, : w0 * hd.scale]
+    out = _plain(hd.conv_last, _plain(hd.upsample, _plain(hd.conv_before, feat)))
+    return out[..., : h0 * hd.scale, : w0 * hd.scale]
