@@ -350,6 +350,24 @@ def window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.T
     return out[..., :hd] if pad else out
 
 
+class Workspace:
+    """Buffers reused by every block of one forward (qkv, attention output, MLP hidden).
+
+    Fresh tensors of these sizes (tens of MB at 64^2) cost a page-faulting allocation each, and
+    the GEMMs can write into warm memory instead (``out=``).
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        size = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < size or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._buffers[name] = torch.empty(size, dtype=like.dtype, device=like.device)
+        return buf[:size].view(shape)
+
+
 class WindowAttention(nn.Module):
     def __init__(self, dim: int, ws: int, num_heads: int, qkv_bias: bool, qk_scale: float | None):
         super().__init__()
@@ -379,21 +397,28 @@ class WindowAttention(nn.Module):
         c = self.proj.weight.shape[0]
         return torch.addmv(self.proj.bias, self.proj.weight, self.qkv.bias[2 * c:])
 
-    def attend(self, x: torch.Tensor, segments: list[tuple[int, int, int, int, torch.Tensor]]) -> torch.Tensor:
+    def attend(self, x: torch.Tensor, segments: list[tuple[int, int, int, int, torch.Tensor]],
+               workspace: Workspace | None = None) -> torch.Tensor:
         """Attention of normalised windows x: (B, W, N, C) -> (B, W, N, C), before ``proj``.
 
         ``segments`` are (first window, end window, first token, end token, (heads, n, n) bias)
         blocks covering all windows and tokens; attention runs inside each block. The qkv
         projection runs once over all windows (one large GEMM), without the key and value biases
-        (see ``proj_bias``).
+        (see ``proj_bias``). With a ``workspace`` (inference) the GEMM and the attention output
+        reuse its buffers.
         """
         b, nw, n, c = x.shape
-        qkv = torch.matmul(x, self.qkv.weight.t())
+        grad = torch.is_grad_enabled()
+        if workspace is not None and not grad and x.is_contiguous():
+            qkv = torch.mm(x.view(-1, c), self.qkv.weight.t(), out=workspace.get("qkv", (b * nw * n, 3 * c), x))
+        else:
+            qkv = torch.matmul(x, self.qkv.weight.t())
         if self.qkv.bias is not None:
             qkv[..., :c] += self.qkv.bias[:c]
         qkv = qkv.view(b, nw, n, 3, self.num_heads, self.head_dim)
-        grad = torch.is_grad_enabled()
-        att = None if grad else qkv.new_empty(b, nw, n, c)
+        att = None
+        if not grad:
+            att = workspace.get("att", (b, nw, n, c), x) if workspace is not None else qkv.new_empty(b, nw, n, c)
         rows: dict[tuple[int, int], list[torch.Tensor]] = {}
         for w0, w1, o0, o1, bias in segments:
             part = qkv[:, w0:w1, o0:o1].reshape(-1, o1 - o0, 3, self.num_heads, self.head_dim)
@@ -486,7 +511,8 @@ class SwinBlock(nn.Module):
         biases = self.region_biases()
         return [(g0, g1, a, b, bias) for g0, g1, lr, lc in layout.groups for a, b, bias in biases[(lr, lc)]]
 
-    def forward(self, t: torch.Tensor, layout: WindowLayout, chunk_windows: int | None = None) -> torch.Tensor:
+    def forward(self, t: torch.Tensor, layout: WindowLayout, chunk_windows: int | None = None,
+                workspace: Workspace | None = None) -> torch.Tensor:
         """t: (B, L, C) tokens in ``layout`` order -> same shape and order.
 
         Inference accumulates the residuals in place, over chunks of at most ``chunk_windows``
@@ -503,18 +529,21 @@ class SwinBlock(nn.Module):
             return (win + self.mlp(self.norm2(win))).view(b, n_tok, c)
         proj_bias = self.attn.proj_bias()
         fc1, fc2 = self.mlp.fc1, self.mlp.fc2
+        workspace = workspace or Workspace()
         for bs, w0, w1 in _chunks(b, nw, chunk_windows):
             w = win[bs, w0:w1]
             segs = [(max(g0, w0) - w0, min(g1, w1) - w0, a, e, bias) for g0, g1, a, e, bias in segments
                     if g0 < w1 and g1 > w0]
-            att = self.attn.attend(self.norm1(w), segs)
+            att = self.attn.attend(self.norm1(w), segs, workspace)
             flat = w.view(-1, c)  # chunks are contiguous runs of windows
             flat += proj_bias
             flat.addmm_(att.reshape(-1, c), self.attn.proj.weight.t())
-            hidden = F.linear(self.norm2(w), fc1.weight, fc1.bias)
+            hidden = workspace.get("hidden", (flat.shape[0], fc1.weight.shape[0]), flat)
+            torch.mm(self.norm2(w).view(-1, c), fc1.weight.t(), out=hidden)
+            hidden += fc1.bias
             torch.ops.aten.gelu_(hidden)  # exact (erf) GELU, in place
             flat += fc2.bias
-            flat.addmm_(hidden.view(-1, hidden.shape[-1]), fc2.weight.t())
+            flat.addmm_(hidden, fc2.weight.t())
         return win.view(b, n_tok, c)
 
 
@@ -833,6 +862,7 @@ class LUA(LatentUpscaler):
         e = f0.shape[1]
         t = self.patch_embed.norm(f0.permute(0, 2, 3, 1)).reshape(b, h * w, e)  # row-major tokens
         checkpointing = self.gradient_checkpointing and torch.is_grad_enabled()
+        workspace = Workspace()
         for i, layer in enumerate(self.layers):
             res, cur = t, None
             for blk in layer.residual_group.blocks:
@@ -842,7 +872,7 @@ class LUA(LatentUpscaler):
                 if checkpointing:
                     t = torch.utils.checkpoint.checkpoint(blk, t, layout, use_reentrant=False)
                 else:
-                    t = blk(t, layout, plan.chunk_windows)
+                    t = blk(t, layout, plan.chunk_windows, workspace)
             img = lays.move(t, cur, None).view(b, h, w, e).permute(0, 3, 1, 2)
             t = conv_in_bands(layer.conv, img, plan.conv_rows, halo).permute(0, 2, 3, 1).reshape(b, h * w, e) + res
             if progress is not None:
