@@ -88,6 +88,48 @@ def attention_seconds(cfg: LUAConfig, b: int, h: int, w: int, device: str, dtype
     return one * sum(cfg.depths)
 
 
+def kernel_seconds(model: LUA, b: int, h: int, w: int, head: str, device: str, dtype: torch.dtype,
+                   repeat: int) -> float:
+    """The forward's heavy kernels alone, each timed standalone on warm random data and summed:
+    the four linear layers of every block (at the padded token count), the window attention
+    (``attention_seconds``) and every convolution of the trunk and the head, through the model's
+    own modules (so Winograd on CPU). What the forward spends beyond this is everything else:
+    LayerNorms, token gathers, residual and bias adds, GELU, pixel shuffle, Python.
+    """
+    cfg = model.config
+    ws = cfg.window_size
+    hp, wp = h + (ws - h % ws) % ws, w + (ws - w % ws) % ws
+    t, e = b * hp * wp, cfg.embed_dim
+    hidden = int(e * cfg.mlp_ratio)
+    x = torch.randn(t, e, device=device, dtype=dtype)
+    xh = torch.randn(t, hidden, device=device, dtype=dtype)
+    opts = dict(device=device, dtype=dtype)
+    mats = [(x, torch.randn(3 * e, e, **opts)), (x, torch.randn(e, e, **opts)), (x, torch.randn(hidden, e, **opts)),
+            (xh, torch.randn(e, hidden, **opts))]
+    total = 0.0
+    with torch.inference_mode():
+        for a, wmat in mats:
+            total += timed(lambda: a @ wmat.t(), device, repeat) * sum(cfg.depths)
+        total += attention_seconds(cfg, b, h, w, device, dtype, repeat)
+        hd = model.heads[head]
+        convs = [(model.conv_first, hp), *[(layer.conv, hp) for layer in model.layers], (model.conv_after_body, hp),
+                 (hd.conv_before[0], hp)]
+        size = hp
+        for mod in hd.upsample:
+            if isinstance(mod, torch.nn.Conv2d):
+                convs.append((mod, size))
+            else:
+                size *= mod.upscale_factor
+        convs.append((hd.conv_last, size))
+        for conv, side in convs:
+            if not isinstance(conv, torch.nn.Conv2d):
+                continue  # a 3conv block: not the released config
+            shape = (b, side, side * wp // hp, conv.in_channels)  # tokens, viewed as NCHW as the model does
+            inp = torch.randn(shape, device=device, dtype=dtype).permute(0, 3, 1, 2)
+            total += timed(lambda: conv(inp), device, repeat)
+    return total
+
+
 def gemm_rate(device: str, dtype: torch.dtype, tokens: int = 4096, e: int = 360) -> float:
     """Best FLOP/s of the trunk's own GEMM shapes (tokens x E @ E x 3E, tokens x E @ E x 2E)."""
     a = torch.randn(tokens, e, device=device, dtype=dtype)
@@ -139,7 +181,8 @@ def bench_speed(args) -> list[dict]:
     print(f"GEMM rate measured now: {rate / 1e9:.0f} GFLOP/s ({args.device}, {args.dtype}, "
           f"{torch.get_num_threads()} threads)")
     print(f"{'latent':>8} {'head':>4} {'baseline s':>11} {'ours s':>8} {'ratio':>6} {'cpu ratio':>9} {'GFLOP':>7} "
-          f"{'bound s':>8} {'ours/bound':>10} {'bound+attn s':>12} {'ours/that':>9} {'max|diff|':>10}")
+          f"{'bound s':>8} {'ours/bound':>10} {'bound+attn s':>12} {'ours/that':>9} {'kernels s':>9} "
+          f"{'ours/kern':>9} {'max|diff|':>10}")
     rows = []
     for size in args.sizes:
         x = torch.randn(1, 16, size, size, device=args.device, dtype=dtype)
@@ -156,11 +199,13 @@ def bench_speed(args) -> list[dict]:
             attn_flops = attention_flops(cfg, 1, size, size)
             attn_s = attention_seconds(cfg, 1, size, size, args.device, dtype, args.repeat)
             bound2 = (flops - attn_flops) / rate + attn_s
+            kern = kernel_seconds(model, 1, size, size, head, args.device, dtype, args.repeat)
             rows.append(dict(size=size, head=head, baseline_s=tb, ours_s=to, ratio=to / tb, cpu_ratio=co / cb,
                              gflop=flops / 1e9, bound_s=bound, ours_over_bound=to / bound,
-                             bound_with_measured_attention_s=bound2, max_abs_diff=diff))
+                             bound_with_measured_attention_s=bound2, kernels_s=kern, max_abs_diff=diff))
             print(f"{size:>6}^2 {head:>4} {tb:>11.3f} {to:>8.3f} {to / tb:>6.3f} {co / cb:>9.3f} {flops / 1e9:>7.0f} "
-                  f"{bound:>8.3f} {to / bound:>10.2f} {bound2:>12.3f} {to / bound2:>9.2f} {diff:>10.2e}")
+                  f"{bound:>8.3f} {to / bound:>10.2f} {bound2:>12.3f} {to / bound2:>9.2f} {kern:>9.3f} "
+                  f"{to / kern:>9.2f} {diff:>10.2e}")
     return rows
 
 
