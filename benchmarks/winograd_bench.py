@@ -4,7 +4,8 @@
 
 For the LUA trunk/head shapes it prints best-of-N ms of F.conv2d on a channels-last input (how the
 model calls it: tokens viewed as NCHW) and of conv3x3 with a cached transformed weight, the speed
-ratio, and each one's max abs error against a float64 conv2d (weights N(0, 0.02)).
+ratio, and each one's max abs error against a float64 conv2d (weights N(0, 0.02)); "used" says
+whether ``worthwhile`` sends that shape to Winograd in the model.
 """
 
 from __future__ import annotations
@@ -19,14 +20,16 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lua_core.archs.winograd import conv3x3, transform_weight
+from lua_core.archs.winograd import conv3x3, transform_weight, worthwhile
 
-SHAPES = [  # (C_in, C_out, H = W)
-    (360, 360, 64),  # (a) trunk conv, 7 per forward
-    (360, 256, 64),  # (b)
-    (256, 1024, 64),  # (c) head
-    (360, 360, 128),
-    (360, 360, 32),
+SHAPES = [  # (C_in, C_out, H = W, input layout)
+    (360, 360, 64, "tokens"),  # (a) trunk conv, 7 per forward
+    (360, 256, 64, "tokens"),  # (b)
+    (256, 1024, 64, "tokens"),  # (c) head
+    (360, 360, 128, "tokens"),
+    (360, 360, 32, "tokens"),
+    (16, 360, 128, "nchw"),  # conv_first on the latent: not worthwhile(), the model keeps oneDNN
+    (256, 16, 128, "tokens"),  # conv_last after the pixel shuffle: likewise
 ]
 
 
@@ -49,11 +52,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     tiles = [2, 4] if args.tile == "both" else [int(args.tile)]
     print(f"threads={args.threads}  best of {args.repeat}  errors: max abs vs float64")
-    print(f"{'shape':>18} {'direct ms':>9} {'err':>8} | " + " | ".join(f"F({t},3) ms  speedup   err" for t in tiles))
+    cols = " | ".join(f"F({t},3) ms  speedup   err" for t in tiles)
+    print(f"{'shape':>18} {'direct ms':>9} {'err':>8} | {cols} | used")
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for cin, cout, hw in SHAPES:
-            x = torch.randn(1, hw * hw, cin, generator=g).view(1, hw, hw, cin).permute(0, 3, 1, 2)
+        for cin, cout, hw, layout in SHAPES:
+            if layout == "tokens":
+                x = torch.randn(1, hw * hw, cin, generator=g).view(1, hw, hw, cin).permute(0, 3, 1, 2)
+            else:
+                x = torch.randn(1, cin, hw, hw, generator=g)
             w = torch.randn(cout, cin, 3, 3, generator=g) * 0.02
             b = torch.randn(cout, generator=g)
             ref = F.conv2d(x.double(), w.double(), b.double(), padding=1)
@@ -67,7 +74,8 @@ def main() -> None:
                 err = (conv3x3(x, w, b, u).double() - ref).abs().max().item()
                 cols.append(f"{ms:11.1f} {direct / ms:7.2f}x {err:.1e}")
             name = f"{cin}->{cout} {hw}x{hw}"
-            print(f"{name:>18} {direct:9.1f} {e_direct:.1e} | " + " | ".join(cols), flush=True)
+            used = "yes" if worthwhile(cin, cout) else "no"
+            print(f"{name:>18} {direct:9.1f} {e_direct:.1e} | " + " | ".join(cols) + f" | {used}", flush=True)
 
 
 if __name__ == "__main__":

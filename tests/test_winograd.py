@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lua_core.archs.winograd import conv3x3, transform_weight
+from lua_core.archs import winograd
+from lua_core.archs.winograd import conv3x3, supports, transform_weight, worthwhile
 
 
 def _case(n: int, cin: int, cout: int, h: int, w: int, layout: str, bias: bool, seed: int = 0):
@@ -34,7 +35,9 @@ def _error(y: torch.Tensor, ref: torch.Tensor) -> float:
         (2, 16, 24, 7, 9, "nchw", True),
         (2, 24, 16, 7, 9, "tokens", False),
         (1, 16, 360, 17, 16, "tokens", True),
-        (1, 32, 16, 40, 36, "nchw", False),  # several bands, W not a multiple of 4
+        (1, 32, 16, 40, 36, "nchw", False),  # several blocks, W not a multiple of 4
+        (1, 8, 16, 27, 300, "tokens", True),  # several column blocks, odd H
+        (1, 8, 16, 2, 3, "nchw", True),  # no interior tile column: edges only
     ],
 )
 def test_matches_conv2d(tile: int, n: int, cin: int, cout: int, h: int, w: int, layout: str, bias: bool) -> None:
@@ -64,6 +67,32 @@ def test_large_channels_accuracy() -> None:
     assert err <= 3 * _error(F.conv2d(x.contiguous(), weight, b, padding=1), ref)
 
 
+@pytest.mark.parametrize(("band", "min_rows"), [(4, 1), (24, 2), (10_000, 1)])
+def test_block_geometry(monkeypatch: pytest.MonkeyPatch, band: int, min_rows: int) -> None:
+    """Any block split (1x1-tile blocks, several row/column blocks, one block) gives the same result."""
+    x, weight, b, ref = _case(2, 8, 12, 21, 30, "tokens", True, seed=3)
+    u = transform_weight(weight)
+    expected = conv3x3(x, weight, b, u)
+    monkeypatch.setattr(winograd, "_BAND_TILES", band)
+    monkeypatch.setattr(winograd, "_MIN_BLOCK_ROWS", min_rows)
+    y = conv3x3(x, weight, b, u)
+    assert torch.allclose(y, expected, rtol=0, atol=1e-6)
+    assert _error(y, ref) <= 3 * _error(F.conv2d(x, weight, b, padding=1), ref) + 1e-6 * ref.abs().max().item()
+
+
+def test_worthwhile_rule() -> None:
+    """Winograd only where its GEMM savings outweigh its channel-proportional transforms."""
+    for cin, cout in [(360, 360), (360, 256), (256, 1024), (128, 256), (160, 160)]:
+        assert worthwhile(cin, cout)
+    for cin, cout in [(16, 360), (256, 16), (128, 128), (96, 360), (3, 180)]:
+        assert not worthwhile(cin, cout)
+    x = torch.randn(1, 16, 8, 8)
+    with torch.no_grad():
+        assert supports(torch.randn(1, 160, 8, 8), torch.randn(160, 160, 3, 3))
+        assert not supports(x, torch.randn(360, 16, 3, 3))  # conv_first: oneDNN is faster
+        assert not supports(torch.randn(1, 160, 8, 8).double(), torch.randn(160, 160, 3, 3).double())
+
+
 def test_rejects_mismatched_transform() -> None:
     x, weight, b, _ = _case(1, 16, 8, 4, 4, "nchw", True)
     with pytest.raises(ValueError):
@@ -74,12 +103,14 @@ def test_lua_conv_module_uses_winograd_and_follows_weight_changes() -> None:
     from lua_core.archs.lua import Conv2d
 
     torch.manual_seed(0)
-    conv = Conv2d(24, 32, 3, 1, 1)
-    x = torch.randn(1, 24, 12, 10)
+    conv = Conv2d(160, 192, 3, 1, 1)
+    x = torch.randn(1, 160, 12, 10)
     with torch.no_grad():
         ref = F.conv2d(x.double(), conv.weight.double(), conv.bias.double(), padding=1)
         y = conv(x)
         assert y.is_contiguous(memory_format=torch.channels_last)  # the Winograd path's output
+        small = Conv2d(16, 24, 3, 1, 1)  # too few channels for Winograd to pay: the direct conv
+        assert small(torch.randn(1, 16, 6, 6)).is_contiguous()
         assert _error(y, ref) <= 1e-5
         conv.weight.mul_(2.0)  # an in-place edit must not reuse the cached transform
         assert _error(conv(x), 2 * ref - conv.bias.double().view(1, -1, 1, 1)) <= 2e-5

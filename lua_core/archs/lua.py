@@ -291,9 +291,11 @@ class _Layouts:
 
 class Conv2d(nn.Conv2d):
     """``nn.Conv2d`` (same parameters and state-dict keys) whose 3x3 same-padded inference on CPU
-    fp32 runs as Winograd F(2x2, 3x3) (``winograd.conv3x3``): 16/36 of the multiplies of the direct
+    fp32 runs as Winograd F(2x2, 3x3) (``winograd.conv3x3``) where that is faster (wide convs: the
+    trunk's and the heads' inner ones, ``winograd.worthwhile``): 16/36 of the multiplies of the direct
     convolution, which already runs at the GEMM peak there, and within the direct convolution's own
-    fp32 rounding (tested). Elsewhere (GPU, half precision, autograd) it is the plain convolution.
+    fp32 rounding (tested). Elsewhere (GPU, half precision, autograd, narrow convs such as
+    conv_first and conv_last) it is the plain convolution.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
