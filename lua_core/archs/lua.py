@@ -648,10 +648,11 @@ def estimate_peak(cfg: LUAConfig, shape: tuple[int, ...], head: str, plan: Forwa
 
     Counts the tensors alive at the widest point of each phase: the trunk keeps the shallow
     features, the group residual and two token buffers (a gather reads one, writes the other);
-    a window chunk adds norm/qkv/attention/MLP temporaries; a head band holds its widest conv's
-    input and output plus the pixel-shuffled copy, next to the growing output. Convolutions count
-    their output twice: CPU (oneDNN) convolutions compute in a blocked layout and reorder, which
-    measured peaks (benchmarks/lua_speed.py memory) show.
+    a window chunk adds norm/qkv/attention/MLP temporaries; a head band holds conv_before's output,
+    the folded tail's output and its pixel-shuffled copies, and the released chain run on a strip
+    of the edge ring, next to the growing output. Convolutions count their output twice: CPU
+    (oneDNN) convolutions compute in a blocked layout and reorder, which measured peaks
+    (benchmarks/lua_speed.py memory) show.
     """
     b, _, h, w = shape
     ws = cfg.window_size
@@ -669,7 +670,13 @@ def estimate_peak(cfg: LUAConfig, shape: tuple[int, ...], head: str, plan: Forwa
     s = hc.scale
     halo = 2 + len(_upsample_steps(s))
     rows = h if plan.head_rows is None else min(h, plan.head_rows)
-    band = b * (min(hp, rows + 2 * halo)) * wp * nf * s * s * 13 // 4
+    band_rows = min(hp, rows + 2 * halo)
+    # inference folds the head's tail (folded_head): conv_before's output and the folded conv's
+    # output (plus its pixel-shuffled copies) over the band, next to the released chain on a strip
+    # of the edge ring (its widest conv's input and output, pixel-shuffled copy)
+    strip = folded_head.RING + 2
+    band = b * band_rows * wp * (2 * nf + 3 * hc.out_chans * s * s) + \
+        b * strip * max(wp, band_rows) * nf * s * s * 13 // 4
     out = 2 * b * hc.out_chans * (h * s) * (w * s)
     head_phase = tokens * e + band + out
     return int(elem * max(trunk + window, trunk + 3 * tokens * e, head_phase))
