@@ -103,8 +103,38 @@ def test_out_of_memory_retries_with_smaller_chunks(public16, monkeypatch):
 
     monkeypatch.setattr(type(model), "forward", flaky)
     y = lua_core.upscale_latent(model, vec["input_1"], 4)
-    assert len(plans) > 2 and plans[-1].chunk_windows == 1
+    assert len(plans) >= 2 and plans[-1].chunk_windows == 1
+    shape = tuple(vec["input_1"].shape)
+    peaks = [estimate_peak(model.config, shape, "x4", p or ForwardPlan()) for p in plans]
+    # every retry is a different, no larger plan (the last step bands the trunk's convolutions,
+    # which the estimate does not count)
+    assert all(a >= b for a, b in zip(peaks, peaks[1:])) and peaks[-1] < peaks[0]
+    assert all(p != q for p, q in zip(plans, plans[1:]))
     assert (y - vec["x4_1"]).abs().max().item() <= 1e-4
+
+
+def test_out_of_memory_retries_shrink_step_by_step(public16, monkeypatch):
+    """A larger latent: the retries go through several plans, each one smaller."""
+    model, _ = public16
+    x = torch.randn(1, 16, 96, 96)
+    with torch.inference_mode():
+        ref = model(x, "x2")
+    plans = []
+    real = type(model).forward
+
+    def flaky(self, x, head=None, plan=None, progress=None):
+        plans.append(plan)
+        if plan is None or plan.chunk_windows is None or plan.chunk_windows > 4:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, x, head, plan, progress)
+
+    monkeypatch.setattr(type(model), "forward", flaky)
+    y = lua_core.upscale_latent(model, x, 2)
+    assert len(plans) > 2
+    peaks = [estimate_peak(model.config, tuple(x.shape), "x2", p or ForwardPlan()) for p in plans]
+    assert all(a >= b for a, b in zip(peaks, peaks[1:])) and peaks[-1] < peaks[0]
+    assert all(p != q for p, q in zip(plans, plans[1:]))
+    assert (y - ref).abs().max().item() <= 1e-5
 
 
 def test_other_runtime_errors_are_not_retried(public16, monkeypatch):
