@@ -174,6 +174,24 @@ def timed2(fn, device: str, repeat: int) -> tuple[float, float]:
     return best, best_cpu
 
 
+def timed_pair(fa, fb, device: str, repeat: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Best (wall, CPU) seconds of two functions timed alternately, a then b, ``repeat`` times.
+
+    Alternating keeps a ratio fair on a machine whose speed drifts (a shared host): both sides
+    see the same conditions, where timing one side after the other can differ by 10%.
+    """
+    fa(), fb()
+    best = [[float("inf")] * 2, [float("inf")] * 2]
+    for _ in range(repeat):
+        for i, fn in enumerate((fa, fb)):
+            sync(device)
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            sync(device)
+            best[i] = [min(best[i][0], time.perf_counter() - t0), min(best[i][1], time.process_time() - c0)]
+    return (best[0][0], best[0][1]), (best[1][0], best[1][1])
+
+
 def bench_speed(args) -> list[dict]:
     dtype = DTYPES[args.dtype]
     model = released_model(args.device, dtype)
@@ -191,8 +209,8 @@ def bench_speed(args) -> list[dict]:
                 ref = baseline_forward(model, x, head)
                 out = model(x, head)
                 diff = (out.float() - ref.float()).abs().max().item()
-                tb, cb = timed2(lambda: baseline_forward(model, x, head), args.device, args.repeat)
-                to, co = timed2(lambda: model(x, head), args.device, args.repeat)
+                (tb, cb), (to, co) = timed_pair(lambda: baseline_forward(model, x, head), lambda: model(x, head),
+                                                args.device, args.repeat)
             cfg = model.config
             flops = lua_flops(cfg, 1, size, size, head)
             bound = flops / rate
