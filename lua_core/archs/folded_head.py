@@ -101,22 +101,23 @@ class FoldedTail:
 
 def run_folded(x: Tensor, weight: Tensor, bias: Tensor, factors: list[int], plain: nn.Module) -> Tensor:
     """The tail on x (B, C, H, W): folded conv + pixel shuffles, with the edge ring from ``plain``
-    (the unfolded tail) run on strips just wide enough for it."""
+    (the unfolded tail) run on strips just wide enough for it (top and bottom strips as one batch,
+    left and right as another)."""
+    h, w = x.shape[-2:]
+    if min(h, w) <= 2 * RING:  # every output is on the ring
+        return plain(x)
     half = weight.shape[-1] // 2
     out = F.conv2d(x, weight, bias, padding=half)
     for r in factors:
         out = F.pixel_shuffle(out, r)
-    h, w = x.shape[-2:]
+    b = x.shape[0]
     s = out.shape[-1] // w
-    strip = RING + half  # rows of input the ring's outputs depend on
+    strip = min(RING + half, h, w)  # input rows (columns) the ring's outputs depend on
     ring = RING * s
-    top = plain(x[..., :strip, :])
-    out[..., :ring, :] = top[..., :ring, :]
-    bottom = plain(x[..., max(0, h - strip):, :])
-    out[..., out.shape[-2] - ring:, :] = bottom[..., bottom.shape[-2] - ring:, :]
-    left = plain(x[..., :, :strip])
-    out[..., :, :ring] = left[..., :, :ring]
-    right = plain(x[..., :, max(0, w - strip):])
-    out[..., :, out.shape[-1] - ring:] = right[..., :, right.shape[-1] - ring:]
+    rows = plain(torch.cat([x[..., :strip, :], x[..., h - strip:, :]]))
+    out[..., :ring, :] = rows[:b, ..., :ring, :]
+    out[..., out.shape[-2] - ring:, :] = rows[b:, ..., rows.shape[-2] - ring:, :]
+    cols = plain(torch.cat([x[..., :, :strip], x[..., :, w - strip:]]))
+    out[..., :, :ring] = cols[:b, ..., :ring]
+    out[..., :, out.shape[-1] - ring:] = cols[b:, ..., cols.shape[-1] - ring:]
     return out
-
