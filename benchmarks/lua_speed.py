@@ -92,9 +92,9 @@ def kernel_seconds(model: LUA, b: int, h: int, w: int, head: str, device: str, d
                    repeat: int) -> float:
     """The forward's heavy kernels alone, each timed standalone on warm random data and summed:
     the four linear layers of every block (at the padded token count), the window attention
-    (``attention_seconds``) and every convolution of the trunk and the head, through the model's
-    own modules (so Winograd on CPU). What the forward spends beyond this is everything else:
-    LayerNorms, token gathers, residual and bias adds, GELU, pixel shuffle, Python.
+    (``attention_seconds``), every convolution of the trunk and the head as a whole, through the
+    model's own modules (so Winograd and the folded head on CPU). What the forward spends beyond
+    this is everything else: LayerNorms, token gathers, residual and bias adds, GELU, Python.
     """
     cfg = model.config
     ws = cfg.window_size
@@ -111,21 +111,12 @@ def kernel_seconds(model: LUA, b: int, h: int, w: int, head: str, device: str, d
         for a, wmat in mats:
             total += timed(lambda: a @ wmat.t(), device, repeat) * sum(cfg.depths)
         total += attention_seconds(cfg, b, h, w, device, dtype, repeat)
-        hd = model.heads[head]
         convs = [(model.conv_first, hp), *[(layer.conv, hp) for layer in model.layers], (model.conv_after_body, hp),
-                 (hd.conv_before[0], hp)]
-        size = hp
-        for mod in hd.upsample:
-            if isinstance(mod, torch.nn.Conv2d):
-                convs.append((mod, size))
-            else:
-                size *= mod.upscale_factor
-        convs.append((hd.conv_last, size))
+                 (model.heads[head], hp)]  # the head whole: conv_before, folded tail, edge strips
         for conv, side in convs:
-            if not isinstance(conv, torch.nn.Conv2d):
-                continue  # a 3conv block: not the released config
-            shape = (b, side, side * wp // hp, conv.in_channels)  # tokens, viewed as NCHW as the model does
-            inp = torch.randn(shape, device=device, dtype=dtype).permute(0, 3, 1, 2)
+            # tokens viewed as NCHW, as the model hands them over
+            shape = (b, side, side * wp // hp, getattr(conv, "in_channels", e))
+            inp = torch.randn(shape, **opts).permute(0, 3, 1, 2)
             total += timed(lambda: conv(inp), device, repeat)
     return total
 
