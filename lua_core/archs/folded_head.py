@@ -5,8 +5,8 @@ PixelShuffle(r)) per step, then a 3x3 conv_last at the output size. A linear cha
 convolutions and pixel shuffles is itself a convolution at the input resolution followed by the
 same pixel shuffles; here its kernel is 5x5 and it maps num_feat channels straight to
 out_chans * scale^2, so the num_feat * r^2-channel intermediates at growing resolution are never
-built. For the released model that is 6x (x2) and 8x (x4) fewer multiply-adds in the head, and the
-head's memory shrinks to about its output.
+built. For the released model that is 6x (x2) and 7.6x (x4) fewer multiply-adds in the tail, and
+the head's memory shrinks to about its output.
 
 Zero padding is the one place the fold differs: the chain pads every intermediate with zeros at the
 image edge, where the folded kernel sees its linear continuation instead. That only reaches the

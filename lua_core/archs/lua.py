@@ -9,13 +9,15 @@ The forward is written for inference at any size with bounded memory, and gives 
 numbers (fp32, within 1e-4):
 
 * every Swin block works in a window-partitioned layout, where windows, LayerNorms and the MLP are
-  independent per window, so they run in chunks of windows written back in place;
-* the relative-position bias is broadcast over windows instead of being repeated per window and
-  per batch item, and the shift mask is not materialised at all: in the rolled frame only the last
-  row and the last column of windows see more than one region, so windows are processed in four
-  groups, each with one ``(heads, N, N)`` additive bias;
+  independent per window, so they run in chunks of windows written back in place, the output
+  projection and fc2 accumulating into the residual inside their GEMMs;
+* the relative-position bias is built once per weights and broadcast over windows and batch; the
+  shift mask is not added at all: in the rolled frame only the last row and column of windows hold
+  more than one mask region, and attention runs per region (``window_regions``);
+* the heads' linear tails are folded into one convolution at the latent size (``folded_head``), and
+  on CPU fp32 the wide 3x3 convolutions run as Winograd F(2x2, 3x3) (``winograd``);
 * the convolutions of the heads (and the trunk's) can run in bands of rows with the halo each band
-  needs, which is where memory goes at x4 (the head holds 4 * num_feat channels at twice the size).
+  needs.
 
 A plain, differentiable path (no in-place writes) is used whenever autograd records, so the same
 module trains (see ``lua_core.train``).
@@ -607,7 +609,7 @@ class Head(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """conv_before, then the linear tail folded into one 5x5 convolution at the input size
-        (``folded_head``: the same numbers up to fp32 rounding, 6-8x fewer multiply-adds, no wide
+        (``folded_head``: the same numbers up to fp32 rounding, 6-7.6x fewer multiply-adds, no wide
         intermediates) for inference; the plain tail when autograd records.
 
         Every size folds, even where the edge strips cover the whole input: a band of
