@@ -103,7 +103,7 @@ def run_upscale(handle: LUAModelHandle, samples: torch.Tensor, scale: float, *,
     from ..lua_core import upscale_latent
     from ..lua_core.devices import is_out_of_memory
     from ..lua_core.errors import LuaError
-    from .memory import working_memory
+    from .memory import kept_memory, working_memory
 
     if latent_format is None:
         latent_format = handle.latent_format
@@ -112,7 +112,8 @@ def run_upscale(handle: LUAModelHandle, samples: torch.Tensor, scale: float, *,
     per_sample = working_memory(upscaler, (1, *samples.shape[1:]), scale, upscaler.dtype)
     # full load: a partial (lowvram) load moves only leaf modules' own weights and would leave LUA's
     # relative-position tables and buffers on the CPU
-    mm.load_models_gpu([handle.patcher], memory_required=per_sample * batch, force_full_load=True)
+    kept = kept_memory(upscaler, upscaler.dtype)  # once per model, not per sample
+    mm.load_models_gpu([handle.patcher], memory_required=per_sample * batch + kept, force_full_load=True)
     device = handle.patcher.load_device
     free = mm.get_free_memory(device)
     step = max(1, min(batch, int(free * MEMORY_SHARE) // max(1, per_sample)))

@@ -17,8 +17,7 @@ _GENERIC_FACTOR = 3
 def working_memory(upscaler: torch.nn.Module, shape: tuple[int, ...], scale: float, dtype: torch.dtype) -> int:
     """Estimated peak bytes (weights excluded) of upscaling a latent of ``shape`` by ``scale``.
 
-    LUA: its own one-shot estimate (the forward then chunks itself to the memory actually free)
-    plus the attention biases it keeps.
+    LUA: its own one-shot estimate (the forward then chunks itself to the memory actually free).
     Other families are plain conv nets: about three activations as wide as their widest layer at
     the output size, plus input and output.
     """
@@ -28,16 +27,23 @@ def working_memory(upscaler: torch.nn.Module, shape: tuple[int, ...], scale: flo
     io = (b * c * h * w + 2 * b * c * oh * ow) * 4  # fp32 in, out (model dtype and fp32 copy)
     if getattr(upscaler, "family", None) == "lua":
         try:
-            from ..lua_core.archs.lua import ForwardPlan, bias_cache_bytes, estimate_peak
+            from ..lua_core.archs.lua import ForwardPlan, estimate_peak
             from ..lua_core.inference import plan_scale
 
             run_scale, _ = plan_scale(upscaler, scale)
             head = upscaler.head_for(run_scale)
-            # the attention biases the model keeps after its first run count like weights ComfyUI
-            # does not see (they are not in the state dict)
-            cache = bias_cache_bytes(upscaler.config, elem)
-            return io + cache + estimate_peak(upscaler.config, tuple(shape), head, ForwardPlan(), elem)
+            return io + estimate_peak(upscaler.config, tuple(shape), head, ForwardPlan(), elem)
         except Exception:  # an unusual config: the generic estimate is good enough
             pass
     widest = max((p.shape[0] for p in upscaler.parameters() if p.ndim >= 2), default=c)
     return io + _GENERIC_FACTOR * b * widest * oh * ow * elem
+
+
+def kept_memory(upscaler: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Bytes an upscaler keeps on its device beyond its state dict once it has run (LUA: the
+    attention biases built from its tables), which ComfyUI's model size does not count."""
+    if getattr(upscaler, "family", None) != "lua":
+        return 0
+    from ..lua_core.archs.lua import bias_cache_bytes
+
+    return bias_cache_bytes(upscaler.config, torch.empty((), dtype=dtype).element_size())

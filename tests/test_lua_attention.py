@@ -123,13 +123,64 @@ def test_bias_cache_follows_the_table_and_the_device():
         ref = baseline_forward(model, x, "x2")
     assert (changed - first).abs().max().item() > 1e-3
     assert (changed - ref).abs().max().item() <= 1e-5
-    # the cache is a buffer: it follows .to() and stays out of the state dict
+    # .to() drops what was kept (rebuilt in the new dtype/device); it is never in the state dict
     model.to(torch.float64)
-    assert blk.bias_cache.dtype == torch.float64
-    assert not any("bias_cache" in k for k in model.state_dict())
+    assert blk.bias_cache is None
+    assert not any("cache" in k for k in model.state_dict())
     with torch.inference_mode():
         out64 = model(x.double(), "x2")
+    assert blk.bias_cache.dtype == torch.float64
     assert (out64 - ref.double()).abs().max().item() <= 1e-5
+
+
+def _tail_modules(model):
+    return [m for m in model.modules() if hasattr(m, "clear_derived")]
+
+
+def test_writes_autograd_does_not_see_are_caught_or_cleared():
+    """ComfyUI loads models under inference mode (inference tensors have no version counter) and
+    its patcher writes through ``.data`` or replaces parameters: none of these may leave stale
+    biases, folded heads or Winograd filters behind."""
+    cfg = tiny_config(embed_dim=160, num_heads=(2,), head_num_feat=160)  # wide enough for Winograd
+    x = torch.randn(1, 16, 16, 16)
+    with torch.inference_mode():  # parameters are inference tensors, as in a ComfyUI node
+        model = make_lua(cfg, seed=3)
+        model(x, "x2")
+    donor = make_lua(cfg, seed=4)
+    with torch.no_grad():
+        ref = baseline_forward(donor, x, "x2")
+    # load_state_dict into inference tensors: no version bump, caught by the post-load hook
+    with torch.inference_mode():
+        model.load_state_dict(donor.state_dict())
+        assert (model(x, "x2") - ref).abs().max().item() <= 1e-4
+    # a write through .data on normal tensors: invisible to version counters; clear_caches() says so
+    model2 = make_lua(cfg, seed=3)
+    with torch.inference_mode():
+        model2(x, "x2")
+    for (_, p), (_, q) in zip(model2.named_parameters(), donor.named_parameters()):
+        p.data.copy_(q.data)
+    model2.clear_caches()
+    with torch.inference_mode():
+        assert (model2(x, "x2") - ref).abs().max().item() <= 1e-4
+    # a replaced parameter object (ComfyUI's set_attr_param) is a different object: rebuilt
+    model3 = make_lua(cfg, seed=3)
+    with torch.inference_mode():
+        model3(x, "x2")
+    for name, q in donor.named_parameters():
+        mod_name, attr = name.rsplit(".", 1)
+        setattr(model3.get_submodule(mod_name), attr, torch.nn.Parameter(q.detach().clone()))
+    with torch.inference_mode():
+        assert (model3(x, "x2") - ref).abs().max().item() <= 1e-4
+
+
+def test_autocast_inference_runs_and_stays_close():
+    model = make_lua(tiny_config(), seed=5)
+    x = torch.randn(1, 16, 24, 24)
+    with torch.no_grad():
+        ref = model(x, "x2")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x, "x2")
+    assert (out.float() - ref).abs().max().item() <= 0.1 * ref.abs().max().item()
 
 
 def test_training_path_does_not_cache_and_gives_gradients():

@@ -118,3 +118,13 @@ def test_lua_conv_module_uses_winograd_and_follows_weight_changes() -> None:
     out = conv(x.requires_grad_())
     out.sum().backward()
     assert conv.weight.grad is not None and x.grad is not None
+
+
+def test_trainable_bias_alone_takes_the_differentiable_path() -> None:
+    """BitFit-style: frozen weight, trainable bias, autograd on: the plain convolution runs."""
+    from lua_core.archs.lua import Conv2d
+
+    conv = Conv2d(160, 160, 3, 1, 1)
+    conv.weight.requires_grad_(False)
+    conv(torch.randn(1, 160, 8, 8)).sum().backward()
+    assert conv.bias.grad is not None

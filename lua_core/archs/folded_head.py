@@ -73,30 +73,16 @@ def fold(steps: list[tuple[Tensor, Tensor | None, int]], last_w: Tensor,
     return w, b
 
 
-class FoldedTail:
-    """The folded kernel of one head's linear tail, rebuilt when the weights change."""
+def fold_modules(convs: list[nn.Conv2d], factors: list[int], last: nn.Conv2d) -> tuple[Tensor, Tensor]:
+    """``fold`` of a head's modules, computed on the CPU in float64 (some devices have no float64)
+    and returned on the weights' device and dtype."""
+    def cpu(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.detach().to("cpu", torch.float64)
 
-    def __init__(self) -> None:
-        self._key: tuple | None = None
-        self.weight: Tensor | None = None
-        self.bias: Tensor | None = None
-
-    @staticmethod
-    def _version(t: Tensor) -> tuple:
-        try:
-            return t.data_ptr(), t._version, t.dtype, t.device
-        except RuntimeError:  # an inference tensor: it has no version counter
-            return t.data_ptr(), None, t.dtype, t.device
-
-    def get(self, convs: list[nn.Conv2d], factors: list[int], last: nn.Conv2d) -> tuple[Tensor, Tensor]:
-        params = [p for m in [*convs, last] for p in (m.weight, m.bias) if p is not None]
-        key = tuple(self._version(p) for p in params)
-        if key != self._key:
-            steps = [(m.weight, m.bias, r) for m, r in zip(convs, factors)]
-            w, b = fold(steps, last.weight, last.bias)
-            self.weight, self.bias = w.to(last.weight.dtype), b.to(last.weight.dtype)
-            self._key = key
-        return self.weight, self.bias
+    steps = [(cpu(m.weight), cpu(m.bias), r) for m, r in zip(convs, factors)]
+    w, b = fold(steps, cpu(last.weight), cpu(last.bias))
+    like = last.weight
+    return w.to(like.device, like.dtype), b.to(like.device, like.dtype)
 
 
 def run_folded(x: Tensor, weight: Tensor, bias: Tensor, factors: list[int], plain: nn.Module) -> Tensor:

@@ -38,6 +38,7 @@ from torch import nn
 
 from . import folded_head, winograd
 from .base import LatentUpscaler, StateDict, load_exact
+from .derived import Derived
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # SwinIR's input mean, used only when in_chans == 3
 
@@ -304,19 +305,18 @@ class Conv2d(nn.Conv2d):
         super().__init__(*args, **kwargs)
         self._winograd = (self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
                           and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros")
-        self._transformed: tuple[tuple[int, int | None], torch.Tensor] | None = None
+        self._transformed = Derived()
+
+    def clear_derived(self) -> None:
+        self._transformed.clear()
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> nn.Module:
+        self.clear_derived()  # .to() / .half(): rebuilt for the new device and dtype when used
+        return super()._apply(fn, recurse)
 
     def transformed_weight(self) -> torch.Tensor:
         """The Winograd-domain filter, kept until the weight changes (about 16/9 of its size)."""
-        w = self.weight
-        try:
-            version = w._version
-        except RuntimeError:  # an inference tensor: it has no version counter
-            version = None
-        key = (w.data_ptr(), version)
-        if self._transformed is None or self._transformed[0] != key:
-            self._transformed = (key, winograd.transform_weight(w))
-        return self._transformed[1]
+        return self._transformed.get([self.weight], lambda: winograd.transform_weight(self.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._winograd and winograd.supports(x, self.weight):
@@ -464,10 +464,21 @@ class SwinBlock(nn.Module):
         self.attn = WindowAttention(dim, ws, num_heads, cfg.qkv_bias, cfg.qk_scale)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
-        # inference keeps the biases built from the table here (a non-persistent buffer, so it moves
-        # with the module); rebuilt when the table changes
-        self.register_buffer("bias_cache", None, persistent=False)
-        self._bias_key: tuple[Any, ...] | None = None
+        # inference keeps the biases built from the table (``region_biases``)
+        self._biases = Derived()
+
+    def clear_derived(self) -> None:
+        self._biases.clear()
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> nn.Module:
+        self.clear_derived()  # .to() / .half(): rebuilt for the new device and dtype when used
+        return super()._apply(fn, recurse)
+
+    @property
+    def bias_cache(self) -> torch.Tensor | None:
+        """The flat storage of the kept biases (None until an inference call built them)."""
+        value = self._biases._value
+        return None if value is None else value[0]
 
     def _region_biases(self) -> dict[tuple[bool, bool], list[tuple[int, int, torch.Tensor]]]:
         """Per window kind, its regions as (first token, end token, (heads, n, n) bias)."""
@@ -484,31 +495,31 @@ class SwinBlock(nn.Module):
         return out
 
     def region_biases(self) -> dict[tuple[bool, bool], list[tuple[int, int, torch.Tensor]]]:
-        """``_region_biases``, built once per table state when no gradient is recorded."""
+        """``_region_biases``, built once per table state when no gradient is recorded.
+
+        They are kept in one flat tensor, each bias starting at a multiple of 16 elements (fused
+        CUDA attention kernels want aligned masks).
+        """
         if torch.is_grad_enabled():
             return self._region_biases()
         table = self.attn.relative_position_bias_table
-        try:
-            version = table._version
-        except RuntimeError:  # an inference tensor: it has no version counter
-            version = None
-        key = (table.data_ptr(), version, table.dtype, table.device)
-        cache = self.bias_cache
-        if cache is None or key != self._bias_key or cache.device != table.device or cache.dtype != table.dtype:
+
+        def build() -> tuple[torch.Tensor, dict]:
             built = self._region_biases()
-            flat = [bias.reshape(-1) for regions in built.values() for _, _, bias in regions]
-            cache = self.bias_cache = torch.cat(flat)
-            self._bias_key = key
-            self._bias_shapes = {kind: [(a, b, tuple(bias.shape)) for a, b, bias in regions]
-                                 for kind, regions in built.items()}
-        out, offset = {}, 0
-        for kind, regions in self._bias_shapes.items():
-            out[kind] = []
-            for a, b, shape in regions:
-                size = math.prod(shape)
-                out[kind].append((a, b, cache[offset:offset + size].view(shape)))
-                offset += size
-        return out
+            parts, shapes, offset = [], {}, 0
+            for kind, regions in built.items():
+                shapes[kind] = []
+                for a, b, bias in regions:
+                    size = bias.numel()
+                    pad = (-size) % 16
+                    parts += [bias.reshape(-1), bias.new_zeros(pad)]
+                    shapes[kind].append((a, b, offset, tuple(bias.shape)))
+                    offset += size + pad
+            return torch.cat(parts), shapes
+
+        flat, shapes = self._biases.get([table], build)
+        return {kind: [(a, b, flat[o:o + math.prod(shape)].view(shape)) for a, b, o, shape in regions]
+                for kind, regions in shapes.items()}
 
     def segments(self, layout: WindowLayout) -> list[tuple[int, int, int, int, torch.Tensor]]:
         """(first window, end window, first token, end token, bias) blocks of ``layout``."""
@@ -528,7 +539,8 @@ class SwinBlock(nn.Module):
         nw = n_tok // n
         win = t.view(b, nw, n, c)
         segments = self.segments(layout)
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.is_autocast_enabled(t.device.type):
+            # autograd, or autocast (whose dtypes the in-place accumulation below would mix)
             win = win + self.attn(self.norm1(win), segments)
             return (win + self.mlp(self.norm2(win))).view(b, n_tok, c)
         proj_bias = self.attn.proj_bias()
@@ -601,7 +613,14 @@ class Head(nn.Module):
         self.conv_last = Conv2d(num_feat, out_chans, 3, 1, 1)
         # rows of input context one output row depends on: one per 3x3 conv, rounded up
         self.halo = 2 + len(ups) // 2
-        self._folded = folded_head.FoldedTail()
+        self._folded = Derived()
+
+    def clear_derived(self) -> None:
+        self._folded.clear()
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> nn.Module:
+        self.clear_derived()  # .to() / .half(): rebuilt for the new device and dtype when used
+        return super()._apply(fn, recurse)
 
     def tail(self, y: torch.Tensor) -> torch.Tensor:
         """Everything after conv_before, as released: upsample steps, then conv_last."""
@@ -620,7 +639,8 @@ class Head(nn.Module):
             return self.tail(y)
         convs = [m for m in self.upsample if isinstance(m, nn.Conv2d)]
         factors = [m.upscale_factor for m in self.upsample if isinstance(m, nn.PixelShuffle)]
-        weight, bias = self._folded.get(convs, factors, self.conv_last)
+        params = [p for m in [*convs, self.conv_last] for p in (m.weight, m.bias) if p is not None]
+        weight, bias = self._folded.get(params, lambda: folded_head.fold_modules(convs, factors, self.conv_last))
         return folded_head.run_folded(y, weight, bias, factors, self.tail)
 
 
@@ -651,8 +671,8 @@ def estimate_peak(cfg: LUAConfig, shape: tuple[int, ...], head: str, plan: Forwa
     Counts the tensors alive at the widest point of each phase: the trunk keeps the shallow
     features, the group residual and two token buffers (a gather reads one, writes the other);
     a window chunk adds norm/qkv/attention/MLP temporaries; a head band holds conv_before's output,
-    the folded tail's output and its pixel-shuffled copies, and the released chain run on a strip
-    of the edge ring, next to the growing output. Convolutions count their output twice: CPU
+    the folded tail's output and its pixel-shuffled copies, and the released chain run on two
+    strips of the edge ring (one batch), next to the growing output. Convolutions count their output twice: CPU
     (oneDNN) convolutions compute in a blocked layout and reorder, which measured peaks
     (benchmarks/lua_speed.py memory) show.
     """
@@ -678,7 +698,7 @@ def estimate_peak(cfg: LUAConfig, shape: tuple[int, ...], head: str, plan: Forwa
     # of the edge ring (its widest conv's input and output, pixel-shuffled copy)
     strip = folded_head.RING + 2
     band = b * band_rows * wp * (2 * nf + 3 * hc.out_chans * s * s) + \
-        b * strip * max(wp, band_rows) * nf * s * s * 13 // 4
+        2 * b * strip * max(wp, band_rows) * nf * s * s * 13 // 4  # two strips run as one batch
     out = 2 * b * hc.out_chans * (h * s) * (w * s)
     head_phase = tokens * e + band + out
     return int(elem * max(trunk + window, trunk + 3 * tokens * e, head_phase))
@@ -686,15 +706,20 @@ def estimate_peak(cfg: LUAConfig, shape: tuple[int, ...], head: str, plan: Forwa
 
 def bias_cache_bytes(cfg: LUAConfig, elem: int = 4) -> int:
     """Bytes of the attention biases inference keeps per model (``SwinBlock.region_biases``):
-    each block's (heads, N, N) position bias, plus its mask regions' biases in shifted blocks."""
+    each block's (heads, N, N) position bias, plus its mask regions' biases in shifted blocks,
+    each padded to a multiple of 16 elements."""
     ws, shift = cfg.ws_eff, cfg.shift
-    per_head = ws ** 4
-    shifted = per_head + sum((b - a) ** 2 for kind in ((False, True), (True, False), (True, True))
-                             for a, b in window_regions(ws, shift, *kind)[1]) if shift else per_head
+
+    def padded(size: int) -> int:
+        return size + (-size) % 16
+
     total = 0
     for depth, heads in zip(cfg.depths, cfg.num_heads):
+        full = padded(heads * ws ** 4)
+        shifted = full + sum(padded(heads * (b - a) ** 2) for kind in ((False, True), (True, False), (True, True))
+                             for a, b in window_regions(ws, shift, *kind)[1]) if shift else full
         n_shifted = depth // 2
-        total += heads * ((depth - n_shifted) * per_head + n_shifted * shifted)
+        total += (depth - n_shifted) * full + n_shifted * shifted
     return total * elem
 
 
@@ -792,6 +817,7 @@ class LUA(LatentUpscaler):
         mean = RGB_MEAN if cfg.in_chans == 3 else (0.0,) * cfg.in_chans
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.gradient_checkpointing = False
+        self.register_load_state_dict_post_hook(lambda module, _incompatible: module.clear_caches())
 
     # -- interface ----------------------------------------------------------------------------
     @property
@@ -822,6 +848,8 @@ class LUA(LatentUpscaler):
         """
         from ..devices import available_memory, is_out_of_memory, release_cached_memory
         head = self.head_for(scale)
+        if not torch.is_grad_enabled():
+            self.prepare()  # the kept biases exist before the free memory is read
         if plan is None:
             budget = max_memory if max_memory is not None else available_memory(latent.device)
             plan = plan_forward(self.config, tuple(latent.shape), head, budget, latent.element_size())
@@ -841,6 +869,24 @@ class LUA(LatentUpscaler):
                     raise
                 release_cached_memory(latent.device)
                 plan = smaller
+
+    # -- kept derived values -------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Build the attention biases inference keeps (otherwise built by the first forward)."""
+        for layer in self.layers:
+            for blk in layer.residual_group.blocks:
+                blk.region_biases()
+
+    def clear_caches(self) -> None:
+        """Drop what inference keeps (attention biases, folded heads, Winograd filters).
+
+        They are rebuilt when the weights change in any way autograd sees, after ``.to()`` and
+        after ``load_state_dict``; call this after writes it does not see (through ``.data``, or to
+        inference tensors).
+        """
+        for m in self.modules():
+            if m is not self and hasattr(m, "clear_derived"):
+                m.clear_derived()
 
     # -- forward ------------------------------------------------------------------------------
     @property

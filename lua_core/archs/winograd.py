@@ -121,8 +121,9 @@ def worthwhile(cin: int, cout: int) -> bool:
 
 
 def supports(x: Tensor, weight: Tensor) -> bool:
-    """Whether conv3x3 is the right tool: CPU fp32, no autograd (the transforms write in place), and
-    channel counts where it is faster than the direct conv (``worthwhile``)."""
+    """Whether conv3x3 is the right tool: CPU fp32, no autograd recording (the transforms write in
+    place and nothing here is differentiable), no autocast, and channel counts where it is faster
+    than the direct conv (``worthwhile``)."""
     return (
         x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -131,7 +132,8 @@ def supports(x: Tensor, weight: Tensor) -> bool:
         and weight.dim() == 4
         and weight.shape[-2:] == (3, 3)
         and worthwhile(weight.shape[1], weight.shape[0])
-        and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        and not torch.is_grad_enabled()
+        and not torch.is_autocast_enabled("cpu")
     )
 
 
