@@ -388,14 +388,16 @@ def bench_drift(args) -> list[dict]:
         vec = load_file(folder / "vectors.safetensors")
         man = json.loads((folder / "manifest.json").read_text())
         for dname in ("bf16", "fp16"):
-            m = lua_core.load_model(folder / "weights.safetensors", dtype=DTYPES[dname])
+            m = lua_core.load_model(folder / "weights.safetensors", dtype=DTYPES[dname], device=args.device)
             worst = 0.0
             for c in man["cases"]:
-                y = lua_core.upscale_latent(m, vec[c["input_key"]].to(DTYPES[dname]), c["scale"])
-                worst = max(worst, (y.float() - vec[c["output_key"]]).abs().max().item())
+                x = vec[c["input_key"]].to(args.device, DTYPES[dname])
+                y = lua_core.upscale_latent(m, x, c["scale"])
+                worst = max(worst, (y.float().cpu() - vec[c["output_key"]]).abs().max().item())
             absmax = max(abs(c["output_absmax"]) for c in man["cases"])
             rows.append(dict(model=name, dtype=dname, max_abs=worst, relative=worst / absmax))
-            print(f"{name} {dname}: max |diff| vs fp32 official {worst:.4f} ({100 * worst / absmax:.2f}% of |out| max)")
+            print(f"{name} {dname} ({args.device}): max |diff| vs fp32 official {worst:.4f} "
+                  f"({100 * worst / absmax:.2f}% of |out| max)")
     return rows
 
 
