@@ -191,3 +191,22 @@ def test_training_path_does_not_cache_and_gives_gradients():
     table = model.layers[0].residual_group.blocks[1].attn.relative_position_bias_table
     assert table.grad is not None and table.grad.abs().sum() > 0
     assert all(b.bias_cache is None for b in model.layers[0].residual_group.blocks)
+
+
+def test_a_used_model_pickles_and_copies():
+    """torch.save of a whole module and deepcopy (EMA) work after inference built its values."""
+    import copy
+    import io
+
+    model = make_lua(tiny_config(), seed=6)
+    x = torch.randn(1, 16, 16, 16)
+    with torch.inference_mode():
+        ref = model(x, "x2")
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    twin = copy.deepcopy(model)
+    with torch.inference_mode():
+        assert torch.equal(loaded(x, "x2"), ref)
+        assert torch.equal(twin(x, "x2"), ref)

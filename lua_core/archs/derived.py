@@ -48,3 +48,9 @@ class Derived:
 
     def __deepcopy__(self, memo: dict) -> Derived:
         return Derived()  # a copy has its own parameters: it builds its own values
+
+    def __getstate__(self) -> dict:
+        return {}  # pickled modules (torch.save(model)) rebuild their values; weakrefs do not pickle
+
+    def __setstate__(self, state: dict) -> None:
+        self.clear()

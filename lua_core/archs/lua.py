@@ -796,6 +796,11 @@ def reflect_pad(x: torch.Tensor, pad_h: int, pad_w: int) -> torch.Tensor:
     return x.index_select(-2, idx(h, pad_h)).index_select(-1, idx(w, pad_w))
 
 
+def _clear_after_load(module: LUA, _incompatible_keys: Any) -> None:
+    """load_state_dict hook (a module-level function, so models still pickle)."""
+    module.clear_caches()
+
+
 class LUA(LatentUpscaler):
     family = "lua"
     #: scales between the heads' are served by the next head up, resampled down (inference.plan_scale)
@@ -817,7 +822,7 @@ class LUA(LatentUpscaler):
         mean = RGB_MEAN if cfg.in_chans == 3 else (0.0,) * cfg.in_chans
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.gradient_checkpointing = False
-        self.register_load_state_dict_post_hook(lambda module, _incompatible: module.clear_caches())
+        self.register_load_state_dict_post_hook(_clear_after_load)
 
     # -- interface ----------------------------------------------------------------------------
     @property
