@@ -90,26 +90,36 @@ def test_explicit_plans_are_exact(public16, plan):
     assert (got - ref).abs().max().item() <= 1e-5
 
 
-def test_out_of_memory_retries_with_smaller_chunks(public16, monkeypatch):
-    model, vec = public16
+def _out_of_memory_until(model, monkeypatch, chunk_windows: int) -> list:
+    """Make ``model``'s forward raise a CUDA OOM until the plan has at most ``chunk_windows``
+    windows per chunk; returns the list the plans tried are appended to."""
     plans = []
     real = type(model).forward
 
     def flaky(self, x, head=None, plan=None, progress=None):
         plans.append(plan)
-        if plan is None or plan.chunk_windows is None or plan.chunk_windows > 1:
+        if plan is None or plan.chunk_windows is None or plan.chunk_windows > chunk_windows:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(self, x, head, plan, progress)
 
     monkeypatch.setattr(type(model), "forward", flaky)
-    y = lua_core.upscale_latent(model, vec["input_1"], 4)
-    assert len(plans) >= 2 and plans[-1].chunk_windows == 1
-    shape = tuple(vec["input_1"].shape)
-    peaks = [estimate_peak(model.config, shape, "x4", p or ForwardPlan()) for p in plans]
+    return plans
+
+
+def _assert_each_retry_smaller(model, shape, head, plans):
+    peaks = [estimate_peak(model.config, shape, head, p or ForwardPlan()) for p in plans]
     # every retry is a different, no larger plan (the last step bands the trunk's convolutions,
     # which the estimate does not count)
     assert all(a >= b for a, b in zip(peaks, peaks[1:])) and peaks[-1] < peaks[0]
     assert all(p != q for p, q in zip(plans, plans[1:]))
+
+
+def test_out_of_memory_retries_with_smaller_chunks(public16, monkeypatch):
+    model, vec = public16
+    plans = _out_of_memory_until(model, monkeypatch, 1)
+    y = lua_core.upscale_latent(model, vec["input_1"], 4)
+    assert len(plans) >= 2 and plans[-1].chunk_windows == 1
+    _assert_each_retry_smaller(model, tuple(vec["input_1"].shape), "x4", plans)
     assert (y - vec["x4_1"]).abs().max().item() <= 1e-4
 
 
@@ -119,21 +129,10 @@ def test_out_of_memory_retries_shrink_step_by_step(public16, monkeypatch):
     x = torch.randn(1, 16, 96, 96)
     with torch.inference_mode():
         ref = model(x, "x2")
-    plans = []
-    real = type(model).forward
-
-    def flaky(self, x, head=None, plan=None, progress=None):
-        plans.append(plan)
-        if plan is None or plan.chunk_windows is None or plan.chunk_windows > 4:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(self, x, head, plan, progress)
-
-    monkeypatch.setattr(type(model), "forward", flaky)
+    plans = _out_of_memory_until(model, monkeypatch, 4)
     y = lua_core.upscale_latent(model, x, 2)
     assert len(plans) > 2
-    peaks = [estimate_peak(model.config, tuple(x.shape), "x2", p or ForwardPlan()) for p in plans]
-    assert all(a >= b for a, b in zip(peaks, peaks[1:])) and peaks[-1] < peaks[0]
-    assert all(p != q for p, q in zip(plans, plans[1:]))
+    _assert_each_retry_smaller(model, tuple(x.shape), "x2", plans)
     assert (y - ref).abs().max().item() <= 1e-5
 
 

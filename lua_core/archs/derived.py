@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 
 def _version(t: torch.Tensor) -> int | None:
@@ -54,3 +55,18 @@ class Derived:
 
     def __setstate__(self, state: dict) -> None:
         self.clear()
+
+
+class KeepsDerived(nn.Module):
+    """A module holding ``Derived`` attributes: ``clear_derived`` drops them all, and so does every
+    ``.to()`` / ``.half()`` (``_apply``), so they are rebuilt on the new device and dtype when used
+    instead of staying behind on the old one."""
+
+    def clear_derived(self) -> None:
+        for value in vars(self).values():
+            if isinstance(value, Derived):
+                value.clear()
+
+    def _apply(self, fn: Callable, recurse: bool = True) -> nn.Module:
+        self.clear_derived()
+        return super()._apply(fn, recurse)

@@ -38,7 +38,7 @@ from torch import nn
 
 from . import folded_head, winograd
 from .base import LatentUpscaler, StateDict, load_exact
-from .derived import Derived
+from .derived import Derived, KeepsDerived
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # SwinIR's input mean, used only when in_chans == 3
 
@@ -292,7 +292,7 @@ class _Layouts:
         return t if src == dst else t.index_select(1, self._moves[(src, dst)])
 
 
-class Conv2d(nn.Conv2d):
+class Conv2d(KeepsDerived, nn.Conv2d):
     """``nn.Conv2d`` (same parameters and state-dict keys) whose 3x3 same-padded inference on CPU
     fp32 runs as Winograd F(2x2, 3x3) (``winograd.conv3x3``) where that is faster (wide convs: the
     trunk's and the heads' inner ones, ``winograd.worthwhile``): 16/36 of the multiplies of the direct
@@ -306,13 +306,6 @@ class Conv2d(nn.Conv2d):
         self._winograd = (self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
                           and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == "zeros")
         self._transformed = Derived()
-
-    def clear_derived(self) -> None:
-        self._transformed.clear()
-
-    def _apply(self, fn: Callable, recurse: bool = True) -> nn.Module:
-        self.clear_derived()  # .to() / .half(): rebuilt for the new device and dtype when used
-        return super()._apply(fn, recurse)
 
     def transformed_weight(self) -> torch.Tensor:
         """The Winograd-domain filter, kept until the weight changes (about 16/9 of its size)."""
@@ -421,7 +414,7 @@ class WindowAttention(nn.Module):
             qkv[..., :c] += self.qkv.bias[:c]
         qkv = qkv.view(b, nw, n, 3, self.num_heads, self.head_dim)
         att = None
-        if not grad:
+        if not grad and len(segments) > 1:
             att = workspace.get("att", (b, nw, n, c), x) if workspace is not None else qkv.new_empty(b, nw, n, c)
         rows: dict[tuple[int, int], list[torch.Tensor]] = {}
         for w0, w1, o0, o1, bias in segments:
@@ -456,7 +449,12 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class SwinBlock(nn.Module):
+def _aligned(size: int) -> int:
+    """Elements a kept bias occupies: fused CUDA attention kernels want masks 16-element aligned."""
+    return size + (-size) % 16
+
+
+class SwinBlock(KeepsDerived):
     def __init__(self, dim: int, num_heads: int, ws: int, shift: int, cfg: LUAConfig):
         super().__init__()
         self.ws, self.shift = ws, shift
@@ -466,13 +464,6 @@ class SwinBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
         # inference keeps the biases built from the table (``region_biases``)
         self._biases = Derived()
-
-    def clear_derived(self) -> None:
-        self._biases.clear()
-
-    def _apply(self, fn: Callable, recurse: bool = True) -> nn.Module:
-        self.clear_derived()  # .to() / .half(): rebuilt for the new device and dtype when used
-        return super()._apply(fn, recurse)
 
     @property
     def bias_cache(self) -> torch.Tensor | None:
@@ -497,8 +488,8 @@ class SwinBlock(nn.Module):
     def region_biases(self) -> dict[tuple[bool, bool], list[tuple[int, int, torch.Tensor]]]:
         """``_region_biases``, built once per table state when no gradient is recorded.
 
-        They are kept in one flat tensor, each bias starting at a multiple of 16 elements (fused
-        CUDA attention kernels want aligned masks).
+        They are kept in one flat tensor, each bias starting at a multiple of 16 elements
+        (``_aligned``).
         """
         if torch.is_grad_enabled():
             return self._region_biases()
@@ -510,11 +501,10 @@ class SwinBlock(nn.Module):
             for kind, regions in built.items():
                 shapes[kind] = []
                 for a, b, bias in regions:
-                    size = bias.numel()
-                    pad = (-size) % 16
-                    parts += [bias.reshape(-1), bias.new_zeros(pad)]
+                    size = _aligned(bias.numel())
+                    parts += [bias.reshape(-1), bias.new_zeros(size - bias.numel())]
                     shapes[kind].append((a, b, offset, tuple(bias.shape)))
-                    offset += size + pad
+                    offset += size
             return torch.cat(parts), shapes
 
         flat, shapes = self._biases.get([table], build)
@@ -599,7 +589,7 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(dim) if patch_norm else nn.Identity()
 
 
-class Head(nn.Module):
+class Head(KeepsDerived):
     """conv + LeakyReLU, then (conv to f*f*num_feat, PixelShuffle(f)) per step, then conv_last."""
 
     def __init__(self, embed_dim: int, num_feat: int, scale: int, out_chans: int):
@@ -614,13 +604,6 @@ class Head(nn.Module):
         # rows of input context one output row depends on: one per 3x3 conv, rounded up
         self.halo = 2 + len(ups) // 2
         self._folded = Derived()
-
-    def clear_derived(self) -> None:
-        self._folded.clear()
-
-    def _apply(self, fn: Callable, recurse: bool = True) -> nn.Module:
-        self.clear_derived()  # .to() / .half(): rebuilt for the new device and dtype when used
-        return super()._apply(fn, recurse)
 
     def tail(self, y: torch.Tensor) -> torch.Tensor:
         """Everything after conv_before, as released: upsample steps, then conv_last."""
@@ -672,9 +655,9 @@ def estimate_peak(cfg: LUAConfig, shape: tuple[int, ...], head: str, plan: Forwa
     features, the group residual and two token buffers (a gather reads one, writes the other);
     a window chunk adds norm/qkv/attention/MLP temporaries; a head band holds conv_before's output,
     the folded tail's output and its pixel-shuffled copies, and the released chain run on two
-    strips of the edge ring (one batch), next to the growing output. Convolutions count their output twice: CPU
-    (oneDNN) convolutions compute in a blocked layout and reorder, which measured peaks
-    (benchmarks/lua_speed.py memory) show.
+    strips of the edge ring (one batch), next to the growing output. Convolutions count their
+    output twice: CPU (oneDNN) convolutions compute in a blocked layout and reorder, which measured
+    peaks (benchmarks/lua_speed.py memory) show.
     """
     b, _, h, w = shape
     ws = cfg.window_size
@@ -709,14 +692,10 @@ def bias_cache_bytes(cfg: LUAConfig, elem: int = 4) -> int:
     each block's (heads, N, N) position bias, plus its mask regions' biases in shifted blocks,
     each padded to a multiple of 16 elements."""
     ws, shift = cfg.ws_eff, cfg.shift
-
-    def padded(size: int) -> int:
-        return size + (-size) % 16
-
     total = 0
     for depth, heads in zip(cfg.depths, cfg.num_heads):
-        full = padded(heads * ws ** 4)
-        shifted = full + sum(padded(heads * (b - a) ** 2) for kind in ((False, True), (True, False), (True, True))
+        full = _aligned(heads * ws ** 4)
+        shifted = full + sum(_aligned(heads * (b - a) ** 2) for kind in ((False, True), (True, False), (True, True))
                              for a, b in window_regions(ws, shift, *kind)[1]) if shift else full
         n_shifted = depth // 2
         total += (depth - n_shifted) * full + n_shifted * shifted
@@ -890,7 +869,7 @@ class LUA(LatentUpscaler):
         inference tensors).
         """
         for m in self.modules():
-            if m is not self and hasattr(m, "clear_derived"):
+            if isinstance(m, KeepsDerived):
                 m.clear_derived()
 
     # -- forward ------------------------------------------------------------------------------

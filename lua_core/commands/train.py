@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train.cli import load_vae_arg, stage_overrides, train_options
+    from ..train.cli import load_vae_arg, report_run, stage_overrides, train_options
     from ..train.curriculum import STAGE_WEIGHTS
     from ..train.pipeline import train_curriculum
 
@@ -36,8 +36,4 @@ def run(args: argparse.Namespace) -> int:
                            stage_overrides=stage_overrides(args, stages, STAGE_WEIGHTS),
                            preset=args.model_config, init=args.init, vae=load_vae_arg(args),
                            options=train_options(args), out=args.out, until=args.stop_at)
-    if out is None:
-        print(f"stopped at step {args.stop_at}; run the same command again to continue")
-    else:
-        print(f"wrote {out}")
-    return 0
+    return report_run(out, args.stop_at)

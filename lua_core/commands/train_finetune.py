@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from ..train.cli import load_vae_arg, stage_overrides, train_options
+    from ..train.cli import load_vae_arg, report_run, stage_overrides, train_options
     from ..train.curriculum import finetune_stage
     from ..train.finetune import finetune
 
@@ -33,8 +33,4 @@ def run(args: argparse.Namespace) -> int:
     stage = replace(base, **stage_overrides(args, [base.stage], {base.stage: base.weights})[base.stage])
     out = finetune(args.base, args.data, args.run, stage=stage, freeze=args.freeze_trunk, vae=load_vae_arg(args),
                    options=train_options(args), out=args.out, until=args.stop_at)
-    if out is None:
-        print(f"stopped at step {args.stop_at}; run the same command again to continue")
-    else:
-        print(f"wrote {out}")
-    return 0
+    return report_run(out, args.stop_at)

@@ -100,3 +100,12 @@ def load_vae_arg(args: argparse.Namespace) -> Any:
         return None
     from .vae import load_vae
     return load_vae(args.vae, latent_format=getattr(args, "latent_format", None), device=args.device)
+
+
+def report_run(out: Any, stop_at: int | None) -> int:
+    """Say how a training command ended (stopped at ``--stop-at``, or the file it wrote); exit 0."""
+    if out is None:
+        print(f"stopped at step {stop_at}; run the same command again to continue")
+    else:
+        print(f"wrote {out}")
+    return 0

@@ -24,13 +24,8 @@ class EMA:
         cur = [p.detach() for p in model.parameters()]
         # lerp: ema + (1 - decay) * (param - ema), one fused op per tensor list
         torch._foreach_lerp_(ema, cur, 1.0 - self.decay)
-        # persistent buffers only: the others are derived (LUA's index tables and its inference bias
-        # cache, which each module rebuilds from its own weights)
-        persistent = model.state_dict().keys()
-        ema_buffers = dict(self.module.named_buffers())
-        for name, b in model.named_buffers():
-            if name in persistent:
-                ema_buffers[name].copy_(b)
+        for b_ema, b in zip(self.module.buffers(), model.buffers()):
+            b_ema.copy_(b)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.module.state_dict()
