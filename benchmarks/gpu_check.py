@@ -1,21 +1,29 @@
 """One short GPU session for the numbers the CPU cannot give (run by hand on a CUDA machine).
 
     python benchmarks/gpu_check.py [--sizes 64,128,256] [--repeat 10]
+    python benchmarks/gpu_check.py --device cpu --sizes 16 --repeat 1   # a dry run of the script itself
 
 Prints, in this order, each part guarded so one failure does not hide the rest:
-  1. which SDPA kernel window attention gets (the released head_dim 30 is padded to 32 on CUDA so a
-     fused kernel can take it; this checks the memory-efficient kernel accepts our biases);
-  2. speed, bf16 and fp16 vs the straightforward baseline, and x2 at 128^2 in ms (the < 10 ms goal);
-  3. peak GPU memory of a x4 upscale to 4096 px, one-shot and bounded (goal <= 4 GB);
-  4. drift of bf16/fp16 against the official fp32 outputs on the conformance models.
+  1. which SDPA kernels take window attention as lua_core calls it (head_dim padded to 32 inside
+     the weights, q/k/v strided views of one GEMM output, a float bias);
+  2. the attention variants at 128^2 x2 bf16, timed alternately with the baseline: shift mask in
+     the bias (one call per window kind) or split by region, head_dim padded in the weights, per
+     call, or not at all; each with its max |diff| to the baseline;
+  3. the default forward replayed as a CUDA graph (what launch overhead costs), and the top CUDA
+     kernels of one forward (torch.profiler);
+  4. speed tables, bf16 at --sizes and fp16 at 128^2, vs the straightforward baseline;
+  5. peak GPU memory of a x4 upscale to 4096 px, one-shot and bounded, fp32 and bf16 (goal <= 4 GB);
+  6. drift of bf16/fp16/fp32 on the device against the official fp32 outputs (conformance models).
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
+import contextlib
 import sys
+import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,51 +31,147 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import lua_speed  # noqa: E402
+
+from lua_baseline import baseline_forward  # noqa: E402
+from lua_core.archs import lua as lua_arch  # noqa: E402
 
 
-def kernel_check() -> None:
+def section(title: str, fn: Callable[[], None]) -> None:
+    print(f"\n== {title}", flush=True)
+    t0 = time.perf_counter()
+    try:
+        fn()
+    except Exception:
+        traceback.print_exc()
+    print(f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def kernel_check(device: str) -> None:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from lua_core.archs.lua import window_sdpa
-
-    q, k, v = (torch.randn(16, 12, 256, 30, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    bias = torch.randn(1, 12, 256, 256, device="cuda", dtype=torch.bfloat16)
-    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias.float())
-    for backend in (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH):
+    heads, hd, hp, n = 12, 30, 32, 256
+    # q, k, v as the model hands them over: strided views of one (tokens, 3 * heads * 32) GEMM output
+    qkv = torch.zeros(64 * n, 3, heads, hp, device=device, dtype=torch.bfloat16)
+    qkv[..., :hd] = torch.randn(64 * n, 3, heads, hd, device=device, dtype=torch.bfloat16)
+    q, k, v = qkv.view(64, n, 3, heads, hp).permute(2, 0, 3, 1, 4).unbind(0)
+    bias = torch.randn(1, heads, n, n, device=device, dtype=torch.bfloat16)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias.float(), scale=hd ** -0.5)
+    for backend in (SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                    SDPBackend.MATH):
         try:
             with sdpa_kernel([backend]):
-                out = window_sdpa(q, k, v, bias, 30 ** -0.5)
+                out = lua_arch.window_sdpa(q, k, v, bias, hd ** -0.5)
             print(f"  {backend.name}: ok, max|diff| vs fp32 {(out.float() - ref).abs().max().item():.2e}")
         except RuntimeError as e:
-            print(f"  {backend.name}: refused ({str(e).splitlines()[0][:120]})")
+            print(f"  {backend.name}: refused ({str(e).splitlines()[0][:100]})")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        lua_arch.window_sdpa(q, k, v, bias, hd ** -0.5)
+        torch.cuda.synchronize()
+    names = {e.key for e in prof.key_averages()}
+    print("  default call runs:", "; ".join(sorted(n[:70] for n in names)))
 
 
-def run(args: list[str]) -> None:
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "lua_speed.py"), *args]
-    print("$", " ".join(cmd[1:]), flush=True)
-    subprocess.run(cmd, check=False)
+def _unpadded(self):
+    w = self.qkv.weight
+    return w, None if self.qkv.bias is None else self.qkv.bias[: w.shape[1]], self.proj.weight, self.head_dim
+
+
+@contextlib.contextmanager
+def variant(model, masked: bool, pad: str):
+    """Temporarily switch the attention variant (pad: 'weights', 'per-call' or 'none')."""
+    saved = lua_arch.MASK_IN_BIAS_ON, lua_arch.PAD_HEAD_DIM_ON, lua_arch.WindowAttention.inference_weights
+    kind = (next(model.parameters()).device.type,)
+    lua_arch.MASK_IN_BIAS_ON = kind if masked else ()
+    lua_arch.PAD_HEAD_DIM_ON = () if pad == "none" else kind
+    if pad == "per-call":
+        lua_arch.WindowAttention.inference_weights = _unpadded
+    model.clear_caches()
+    try:
+        yield
+    finally:
+        lua_arch.MASK_IN_BIAS_ON, lua_arch.PAD_HEAD_DIM_ON, lua_arch.WindowAttention.inference_weights = saved
+        model.clear_caches()
+
+
+def variants(device: str, size: int, repeat: int) -> None:
+    model = lua_speed.released_model(device, torch.bfloat16)
+    x = torch.randn(1, 16, size, size, device=device, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        ref = baseline_forward(model, x, "x2").float()
+        print(f"  {size}^2 x2 bf16    {'baseline ms':>11} {'ours ms':>8} {'ratio':>6} {'max|diff|':>9}")
+        for masked in (True, False):
+            for pad in ("weights", "per-call", "none"):
+                with variant(model, masked, pad):
+                    diff = (model(x, "x2").float() - ref).abs().max().item()
+                    (tb, _), (to, _) = lua_speed.timed_pair(lambda: baseline_forward(model, x, "x2"),
+                                                            lambda: model(x, "x2"), device, repeat)
+                label = f"{'mask-in-bias' if masked else 'regions'}, pad {pad}"
+                print(f"  {label:<26} {tb * 1e3:>8.2f} {to * 1e3:>8.2f} {to / tb:>6.3f} {diff:>9.2e}", flush=True)
+
+
+def graph_and_profile(device: str, size: int, repeat: int) -> None:
+    model = lua_speed.released_model(device, torch.bfloat16)
+    for head in ("x2", "x4"):
+        x = torch.randn(1, 16, size, size, device=device, dtype=torch.bfloat16)
+        with torch.inference_mode():
+            eager = lua_speed.timed(lambda: model(x, head), device, repeat)
+            ref = model(x, head)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    model(x, head)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = model(x, head)
+            replay = lua_speed.timed(graph.replay, device, repeat)
+            same = (out.float() - ref.float()).abs().max().item()
+        print(f"  {size}^2 {head} bf16: eager {eager * 1e3:.2f} ms, CUDA graph replay {replay * 1e3:.2f} ms "
+              f"(max|diff| {same:.1e})", flush=True)
+    x = torch.randn(1, 16, size, size, device=device, dtype=torch.bfloat16)
+    with torch.inference_mode(), torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+        model(x, "x2")
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=60))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
     ap.add_argument("--sizes", default="64,128,256")
-    ap.add_argument("--repeat", default="10")
+    ap.add_argument("--variant-size", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=10)
     a = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("no CUDA device: this script is for a GPU machine")
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
-    print("== 1. SDPA kernels for window attention (bf16, padded head_dim)")
-    try:
-        kernel_check()
-    except Exception:
-        traceback.print_exc()
-    print("== 2. speed", flush=True)
-    for dtype in ("bf16", "fp16"):
-        run(["speed", "--device", "cuda", "--dtype", dtype, "--sizes", a.sizes, "--repeat", a.repeat])
-    print("== 3. memory", flush=True)
-    run(["memory", "--device", "cuda", "--budgets", "4,2,1"])
-    print("== 4. drift", flush=True)
-    run(["drift", "--device", "cuda"])
+    cuda = a.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        sys.exit("no CUDA device: this script is for a GPU machine (or pass --device cpu for a dry run)")
+    name = torch.cuda.get_device_name() if cuda else "cpu"
+    print(f"torch {torch.__version__}, {name}; cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
+          f"matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}", flush=True)
+    sizes = [int(s) for s in a.sizes.split(",")]
+    if cuda:
+        section("1. SDPA kernels for window attention (bf16, head_dim padded in the weights)",
+                lambda: kernel_check(a.device))
+    section("2. attention variants", lambda: variants(a.device, a.variant_size, a.repeat))
+    if cuda:
+        section("3. CUDA graph replay and kernel profile",
+                lambda: graph_and_profile(a.device, a.variant_size, a.repeat))
+
+    def args(**kw) -> argparse.Namespace:
+        base = dict(device=a.device, dtype="bf16", sizes=sizes, repeat=a.repeat, memory_size=128,
+                    budgets=[2.0, 1.0], threads=None)
+        return argparse.Namespace(**{**base, **kw})
+
+    section("4a. speed, bf16", lambda: lua_speed.bench_speed(args()))
+    section("4b. speed, fp16", lambda: lua_speed.bench_speed(args(dtype="fp16", sizes=[a.variant_size])))
+    section("5a. memory, fp32", lambda: lua_speed.bench_memory(args(dtype="fp32", memory_size=128 if cuda else 16)))
+    section("5b. memory, bf16", lambda: lua_speed.bench_memory(args(memory_size=128 if cuda else 16)))
+    section("6. drift against the official fp32 outputs", lambda: lua_speed.bench_drift(args()))
 
 
 if __name__ == "__main__":

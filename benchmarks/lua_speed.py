@@ -225,10 +225,10 @@ import json, resource, sys, torch
 sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
 from lua_speed import released_model
 from lua_core.archs.lua import plan_forward
-device, size, mm = {device!r}, {size}, {max_memory}
-model = released_model(device, torch.float32)
-x = torch.randn(1, 16, size, size, device=device)
-plan = plan_forward(model.config, tuple(x.shape), "x4", mm)
+device, size, mm, dtype = {device!r}, {size}, {max_memory}, getattr(torch, {dtype!r})
+model = released_model(device, dtype)
+x = torch.randn(1, 16, size, size, device=device, dtype=dtype)
+plan = plan_forward(model.config, tuple(x.shape), "x4", mm, x.element_size())
 def used():
     if device.startswith("cuda"):
         return torch.cuda.memory_allocated()
@@ -237,7 +237,7 @@ def used():
 # kernels): weights-like memory, reported apart from the working memory of the big forward
 before_caches = used()
 with torch.inference_mode():
-    model(torch.randn(1, 16, 16, 16, device=device), "x4")
+    model(torch.randn(1, 16, 16, 16, device=device, dtype=dtype), "x4")
 caches = used() - before_caches
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 if device.startswith("cuda"):
@@ -265,15 +265,17 @@ def bench_memory(args) -> list[dict]:
     from lua_core.archs.lua import estimate_peak
     size = args.memory_size
     cfg = LUAConfig()
+    dtype = DTYPES[args.dtype]
+    elem = torch.empty((), dtype=dtype).element_size()
     rows = []
-    print(f"x4 of a {size}^2 latent ({size * 32} px decoded), released config, fp32, {args.device}")
+    print(f"x4 of a {size}^2 latent ({size * 32} px decoded), released config, {args.dtype}, {args.device}")
     print(f"{'max_memory':>12} {'estimate GiB':>13} {'measured GiB':>13} {'kept GiB':>9}  plan")
     ref = None
     for mm in [None] + [int(g * 2**30) for g in args.budgets]:
-        plan = plan_forward(cfg, (1, 16, size, size), "x4", mm)
-        est = estimate_peak(cfg, (1, 16, size, size), "x4", plan)
+        plan = plan_forward(cfg, (1, 16, size, size), "x4", mm, elem)
+        est = estimate_peak(cfg, (1, 16, size, size), "x4", plan, elem)
         code = _MEM_CHILD.format(root=str(ROOT), bench=str(ROOT / "benchmarks"), device=args.device, size=size,
-                                 max_memory=mm)
+                                 max_memory=mm, dtype=str(dtype).removeprefix("torch."))
         # glibc keeps freed blocks below its (adaptive) mmap threshold in the heap, so RSS would
         # measure fragmentation, not live tensors: a fixed 64 KiB threshold returns them at once.
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
@@ -288,7 +290,7 @@ def bench_memory(args) -> list[dict]:
         label = "one-shot" if mm is None else f"{mm / 2**30:.2f} GiB"
         print(f"{label:>12} {est / 2**30:>13.2f} {r['peak'] / 2**30:>13.2f} {r['caches'] / 2**30:>9.2f}  {r['plan']}")
     if rows:
-        print(f"measured peak, smallest budget vs one-shot: {rows[-1]['measured'] / rows[0]['measured']:.2f}x; "
+        print(f"measured peak, smallest budget vs one-shot: {rows[-1]['measured'] / max(rows[0]['measured'], 1):.2f}x; "
               f"outputs identical: {all(r['same_output'] for r in rows)}")
     return rows
 
@@ -387,7 +389,7 @@ def bench_drift(args) -> list[dict]:
         folder = unpack_folder(DATA / name, tmp / name)
         vec = load_file(folder / "vectors.safetensors")
         man = json.loads((folder / "manifest.json").read_text())
-        for dname in ("bf16", "fp16"):
+        for dname in ("bf16", "fp16") + (("fp32",) if args.device.startswith("cuda") else ()):
             m = lua_core.load_model(folder / "weights.safetensors", dtype=DTYPES[dname], device=args.device)
             worst = 0.0
             for c in man["cases"]:

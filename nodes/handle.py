@@ -112,7 +112,7 @@ def run_upscale(handle: LUAModelHandle, samples: torch.Tensor, scale: float, *,
     per_sample = working_memory(upscaler, (1, *samples.shape[1:]), scale, upscaler.dtype)
     # full load: a partial (lowvram) load moves only leaf modules' own weights and would leave LUA's
     # relative-position tables and buffers on the CPU
-    kept = kept_memory(upscaler, upscaler.dtype)  # once per model, not per sample
+    kept = kept_memory(upscaler, upscaler.dtype, handle.patcher.load_device)  # once per model, not per sample
     mm.load_models_gpu([handle.patcher], memory_required=per_sample * batch + kept, force_full_load=True)
     device = handle.patcher.load_device
     free = mm.get_free_memory(device)

@@ -39,11 +39,12 @@ def working_memory(upscaler: torch.nn.Module, shape: tuple[int, ...], scale: flo
     return io + _GENERIC_FACTOR * b * widest * oh * ow * elem
 
 
-def kept_memory(upscaler: torch.nn.Module, dtype: torch.dtype) -> int:
+def kept_memory(upscaler: torch.nn.Module, dtype: torch.dtype, device: torch.device | str) -> int:
     """Bytes an upscaler keeps on its device beyond its state dict once it has run (LUA: the
-    attention biases built from its tables), which ComfyUI's model size does not count."""
+    attention biases built from its tables, and on CUDA its padded attention weights), which
+    ComfyUI's model size does not count."""
     if getattr(upscaler, "family", None) != "lua":
         return 0
-    from ..lua_core.archs.lua import bias_cache_bytes
+    from ..lua_core.archs.lua import kept_bytes
 
-    return bias_cache_bytes(upscaler.config, torch.empty((), dtype=dtype).element_size())
+    return kept_bytes(upscaler.config, torch.empty((), dtype=dtype).element_size(), device)

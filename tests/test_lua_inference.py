@@ -3,6 +3,8 @@ odd sizes, arbitrary scales and half precision (issues: lua_core foundation; any
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -277,17 +279,40 @@ def test_half_precision_models_and_latents(conformance, name, dtype, tol):
     assert lua_core.upscale_latent(model, x, 2).dtype == torch.float32
 
 
-def test_head_dim_padding_for_fused_gpu_kernels_is_exact(public16, monkeypatch):
-    """The zero-padding of head_dim that keeps CUDA on its fused kernel does not change results
-    (exercised on the CPU by enabling it there)."""
+@pytest.mark.parametrize("pad,masked", [(True, False), (False, True), (True, True)])
+def test_gpu_attention_layout_is_exact(public16, monkeypatch, pad, masked):
+    """What CUDA runs differently: head_dim zero-padded inside kept copies of the attention weights
+    (fused kernels want it aligned) and the shift mask folded into one bias per window kind (one
+    attention call per kind, not per region). Exercised on the CPU by enabling both there: the
+    official outputs within the conformance tolerance, and the plain CPU path's within fp32 rounding."""
     from lua_core.archs import lua as lua_arch
     model, vec = public16
-    x = vec["input_1"]
-    plain = lua_core.upscale_latent(model, x, 2)
-    monkeypatch.setattr(lua_arch, "PAD_HEAD_DIM_ON", ("cpu",))
-    padded = lua_core.upscale_latent(model, x, 2)
-    assert model.config.embed_dim // model.config.num_heads[0] % 8 != 0  # the padding really ran
-    assert (padded - plain).abs().max().item() <= 1e-5
+    plain = lua_core.upscale_latent(model, vec["input_1"], 2)
+    if pad:
+        monkeypatch.setattr(lua_arch, "PAD_HEAD_DIM_ON", ("cpu",))
+    if masked:
+        monkeypatch.setattr(lua_arch, "MASK_IN_BIAS_ON", ("cpu",))
+    model.clear_caches()
+    try:
+        for i, scale in itertools.product((0, 1), (2, 4)):
+            out = lua_core.upscale_latent(model, vec[f"input_{i}"], scale)
+            assert (out - vec[f"x{scale}_{i}"]).abs().max().item() <= 1e-4
+        out = lua_core.upscale_latent(model, vec["input_1"], 2)
+        assert (out - plain).abs().max().item() <= 1e-5
+        blk = model.layers[0].residual_group.blocks[1]  # shifted
+        hd = model.config.embed_dim // model.config.num_heads[0]
+        assert hd % 8 != 0 and blk.attn.inference_weights()[3] == (hd + (-hd) % 8 if pad else hd)
+        segments = blk.segments(model.layouts(64, 64, torch.device("cpu")).by_shift[blk.shift])
+        assert len(segments) == (4 if masked else 9)  # 4 window kinds; 1 + 2 + 2 + 4 regions
+        # what the node reserves for these kept values is what is kept
+        kept = sum(b.bias_cache.numel() for layer in model.layers for b in layer.residual_group.blocks)
+        if pad:
+            kept += sum(t.numel() for layer in model.layers for b in layer.residual_group.blocks
+                        for t in b.attn.inference_weights()[:3] if t is not None)
+        assert kept * 4 == lua_arch.kept_bytes(model.config, 4, "cpu")
+    finally:
+        monkeypatch.undo()
+        model.clear_caches()
 
 
 def test_overflow_is_reported_not_passed_on():

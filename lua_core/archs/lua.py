@@ -330,6 +330,16 @@ def _conv_block(ch: int, resi_connection: str) -> nn.Module:
 #: 30); elsewhere the unpadded call is already fused (the CPU flash kernel takes any head_dim)
 PAD_HEAD_DIM_ON = ("cuda",)
 
+#: devices where a shifted block runs one attention call per window kind with the shift mask
+#: folded into its kept bias (the official arithmetic), instead of one call per mask region: on a
+#: GPU the number of kernel launches costs more than the exps the regions save (a CPU's opposite)
+MASK_IN_BIAS_ON = ("cuda",)
+
+
+def mask_in_bias(device: torch.device | str) -> bool:
+    """Whether attention on ``device`` adds the shift mask (True) or splits by region (False)."""
+    return torch.device(device).type in MASK_IN_BIAS_ON
+
 
 def window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
     """SDPA with an additive bias, keeping CUDA on its memory-efficient kernel.
@@ -365,7 +375,7 @@ class Workspace:
         return buf[:size].view(shape)
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(KeepsDerived):
     def __init__(self, dim: int, ws: int, num_heads: int, qkv_bias: bool, qk_scale: float | None):
         super().__init__()
         self.ws, self.num_heads = ws, num_heads
@@ -375,6 +385,37 @@ class WindowAttention(nn.Module):
         self.register_buffer("relative_position_index", relative_position_index(ws), persistent=False)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+        self._padded = Derived()
+
+    def inference_weights(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
+        """(qkv weight, query bias, proj weight, head dim) as inference multiplies with them.
+
+        Where fused attention wants an aligned head_dim (``PAD_HEAD_DIM_ON``) the padding lives in
+        kept copies of the weights: zero rows in qkv give q, k and v zero columns straight out of
+        the GEMM, and zero columns in proj drop the (zero) padded outputs, so no per-call pad and
+        crop copies are made. Exact: the zero columns add nothing to q @ k^T nor to the output.
+        """
+        w, c = self.qkv.weight, self.qkv.weight.shape[1]
+        qb = None if self.qkv.bias is None else self.qkv.bias[:c]
+        pad = (-self.head_dim) % 8 if w.device.type in PAD_HEAD_DIM_ON else 0
+        if not pad:
+            return w, qb, self.proj.weight, self.head_dim
+        heads, hd, hp = self.num_heads, self.head_dim, self.head_dim + pad
+
+        def build() -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
+            wq = w.new_zeros(3, heads, hp, c)
+            wq[:, :, :hd] = w.view(3, heads, hd, c)
+            bq = None
+            if qb is not None:
+                bq = qb.new_zeros(heads, hp)
+                bq[:, :hd] = qb.view(heads, hd)
+                bq = bq.view(-1)
+            wp = self.proj.weight.new_zeros(c, heads, hp)
+            wp[:, :, :hd] = self.proj.weight.view(c, heads, hd)
+            return wq.view(-1, c), bq, wp.view(c, -1), hp
+
+        params = [w, self.proj.weight] + ([self.qkv.bias] if self.qkv.bias is not None else [])
+        return self._padded.get(params, build)
 
     def position_bias(self) -> torch.Tensor:
         """(heads, N, N) relative-position bias of this block, contiguous (SDPA would copy it otherwise)."""
@@ -407,18 +448,22 @@ class WindowAttention(nn.Module):
         b, nw, n, c = x.shape
         grad = torch.is_grad_enabled()
         if workspace is not None and not grad and x.is_contiguous():
-            qkv = torch.mm(x.view(-1, c), self.qkv.weight.t(), out=workspace.get("qkv", (b * nw * n, 3 * c), x))
+            # the head dim may be padded here (inference_weights); the output is then wider than c
+            wqkv, qbias, _, hd = self.inference_weights()
+            c = wqkv.shape[0] // 3
+            qkv = torch.mm(x.view(-1, x.shape[-1]), wqkv.t(), out=workspace.get("qkv", (b * nw * n, 3 * c), x))
         else:
+            hd, qbias = self.head_dim, None if self.qkv.bias is None else self.qkv.bias[:c]
             qkv = torch.matmul(x, self.qkv.weight.t())
-        if self.qkv.bias is not None:
-            qkv[..., :c] += self.qkv.bias[:c]
-        qkv = qkv.view(b, nw, n, 3, self.num_heads, self.head_dim)
+        if qbias is not None:
+            qkv[..., :c] += qbias
+        qkv = qkv.view(b, nw, n, 3, self.num_heads, hd)
         att = None
         if not grad and len(segments) > 1:
             att = workspace.get("att", (b, nw, n, c), x) if workspace is not None else qkv.new_empty(b, nw, n, c)
         rows: dict[tuple[int, int], list[torch.Tensor]] = {}
         for w0, w1, o0, o1, bias in segments:
-            part = qkv[:, w0:w1, o0:o1].reshape(-1, o1 - o0, 3, self.num_heads, self.head_dim)
+            part = qkv[:, w0:w1, o0:o1].reshape(-1, o1 - o0, 3, self.num_heads, hd)
             q, k, v = part.permute(2, 0, 3, 1, 4).unbind(0)  # each (windows, heads, n, hd)
             # a 4-D mask keeps SDPA on its fused CPU kernel (a 3-D one falls back to the math path)
             out = window_sdpa(q, k, v, bias.unsqueeze(0).to(q.dtype), self.scale)
@@ -472,8 +517,13 @@ class SwinBlock(KeepsDerived):
         return None if value is None else value[0]
 
     def _region_biases(self) -> dict[tuple[bool, bool], list[tuple[int, int, torch.Tensor]]]:
-        """Per window kind, its regions as (first token, end token, (heads, n, n) bias)."""
+        """Per window kind, its regions as (first token, end token, (heads, n, n) bias).
+
+        Where the mask goes into the bias (``mask_in_bias``) a kind is one region spanning the
+        window, its bias the position bias plus the official -100 mask (in layout token order).
+        """
         pos = self.attn.position_bias()
+        masked = mask_in_bias(pos.device)
         kinds = [(False, False)] + ([(False, True), (True, False), (True, True)] if self.shift else [])
         out = {}
         for kind in kinds:
@@ -482,6 +532,10 @@ class SwinBlock(KeepsDerived):
                 out[kind] = [(0, len(order), pos)]
                 continue
             idx = torch.tensor(order, device=pos.device)
+            if masked:
+                full = pos + shift_mask(self.ws, self.shift, *kind).to(pos.device, pos.dtype)
+                out[kind] = [(0, len(order), full.index_select(1, idx).index_select(2, idx))]
+                continue
             out[kind] = [(a, b, pos.index_select(1, idx[a:b]).index_select(2, idx[a:b])) for a, b in ranges]
         return out
 
@@ -534,6 +588,7 @@ class SwinBlock(KeepsDerived):
             win = win + self.attn(self.norm1(win), segments)
             return (win + self.mlp(self.norm2(win))).view(b, n_tok, c)
         proj_bias = self.attn.proj_bias()
+        proj_weight = self.attn.inference_weights()[2]
         fc1, fc2 = self.mlp.fc1, self.mlp.fc2
         workspace = workspace or Workspace()
         for bs, w0, w1 in _chunks(b, nw, chunk_windows):
@@ -543,7 +598,7 @@ class SwinBlock(KeepsDerived):
             att = self.attn.attend(self.norm1(w), segs, workspace)
             flat = w.view(-1, c)  # chunks are contiguous runs of windows
             flat += proj_bias
-            flat.addmm_(att.reshape(-1, c), self.attn.proj.weight.t())
+            flat.addmm_(att.reshape(-1, att.shape[-1]), proj_weight.t())
             hidden = workspace.get("hidden", (flat.shape[0], fc1.weight.shape[0]), flat)
             torch.mm(self.norm2(w).view(-1, c), fc1.weight.t(), out=hidden)
             hidden += fc1.bias
@@ -687,19 +742,37 @@ def estimate_peak(cfg: LUAConfig, shape: tuple[int, ...], head: str, plan: Forwa
     return int(elem * max(trunk + window, trunk + 3 * tokens * e, head_phase))
 
 
-def bias_cache_bytes(cfg: LUAConfig, elem: int = 4) -> int:
+def bias_cache_bytes(cfg: LUAConfig, elem: int = 4, masked: bool = False) -> int:
     """Bytes of the attention biases inference keeps per model (``SwinBlock.region_biases``):
-    each block's (heads, N, N) position bias, plus its mask regions' biases in shifted blocks,
-    each padded to a multiple of 16 elements."""
+    each block's (heads, N, N) position bias, plus in shifted blocks its mask regions' biases
+    (``masked``: one full masked bias per window kind, see ``mask_in_bias``), each padded to a
+    multiple of 16 elements."""
     ws, shift = cfg.ws_eff, cfg.shift
     total = 0
     for depth, heads in zip(cfg.depths, cfg.num_heads):
         full = _aligned(heads * ws ** 4)
-        shifted = full + sum(_aligned(heads * (b - a) ** 2) for kind in ((False, True), (True, False), (True, True))
-                             for a, b in window_regions(ws, shift, *kind)[1]) if shift else full
+        if masked:
+            shifted = 4 * full if shift else full
+        else:
+            shifted = full + sum(_aligned(heads * (b - a) ** 2)
+                                 for kind in ((False, True), (True, False), (True, True))
+                                 for a, b in window_regions(ws, shift, *kind)[1]) if shift else full
         n_shifted = depth // 2
         total += (depth - n_shifted) * full + n_shifted * shifted
     return total * elem
+
+
+def kept_bytes(cfg: LUAConfig, elem: int = 4, device: torch.device | str = "cpu") -> int:
+    """Bytes inference keeps per model on ``device`` beyond its weights: the attention biases
+    (``bias_cache_bytes``) and, where the head dim is padded (``PAD_HEAD_DIM_ON``), the padded
+    qkv and proj weights (``WindowAttention.inference_weights``)."""
+    total = bias_cache_bytes(cfg, elem, masked=mask_in_bias(device))
+    if torch.device(device).type in PAD_HEAD_DIM_ON:
+        e = cfg.embed_dim
+        for depth, heads in zip(cfg.depths, cfg.num_heads):
+            hp = e // heads + (-(e // heads)) % 8
+            total += depth * elem * (4 * heads * hp * e + heads * hp)
+    return total
 
 
 def plan_forward(cfg: LUAConfig, shape: tuple[int, ...], head: str, max_memory: int | None,
@@ -856,10 +929,12 @@ class LUA(LatentUpscaler):
 
     # -- kept derived values -------------------------------------------------------------------
     def prepare(self) -> None:
-        """Build the attention biases inference keeps (otherwise built by the first forward)."""
+        """Build the attention biases (and padded attention weights) inference keeps, otherwise
+        built by the first forward."""
         for layer in self.layers:
             for blk in layer.residual_group.blocks:
                 blk.region_biases()
+                blk.attn.inference_weights()
 
     def clear_caches(self) -> None:
         """Drop what inference keeps (attention biases, folded heads, Winograd filters).
