@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import sys
 import time
 import traceback
@@ -39,7 +40,9 @@ from lua_baseline import baseline_forward  # noqa: E402
 from lua_core.archs import lua as lua_arch  # noqa: E402
 
 
-def section(title: str, fn: Callable[[], None]) -> None:
+def section(title: str, fn: Callable[[], None], only: set[str] | None = None) -> None:
+    if only is not None and title.split(".")[0] not in only:
+        return
     print(f"\n== {title}", flush=True)
     t0 = time.perf_counter()
     try:
@@ -74,9 +77,12 @@ def kernel_check(device: str) -> None:
     print("  default call runs:", "; ".join(sorted(n[:70] for n in names)))
 
 
-def _unpadded(self):
-    w = self.qkv.weight
-    return w, None if self.qkv.bias is None else self.qkv.bias[: w.shape[1]], self.proj.weight, self.head_dim
+def _unpadded(self) -> lua_arch.AttentionWeights:
+    """inference_weights without the padding (window_sdpa then pads q, k, v per call)."""
+    w, c = self.qkv.weight, self.qkv.weight.shape[1]
+    bias = torch.zeros(3 * c, dtype=w.dtype, device=w.device)
+    bias[:c] = self.qkv.bias[:c]
+    return lua_arch.AttentionWeights(w, bias, self.proj.weight, self.proj_bias(), self.head_dim)
 
 
 @contextlib.contextmanager
@@ -96,26 +102,60 @@ def variant(model, masked: bool, pad: str):
         model.clear_caches()
 
 
-def variants(device: str, size: int, repeat: int) -> None:
+@contextlib.contextmanager
+def forced_sdpa(name: str | None):
+    """Run lua_core's window attention (only it: the baseline calls SDPA itself) on one SDPA backend."""
+    if name is None:
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    plain, backend = lua_arch.window_sdpa, getattr(SDPBackend, name)
+
+    def forced(*args, **kwargs):
+        with sdpa_kernel([backend]):
+            return plain(*args, **kwargs)
+
+    lua_arch.window_sdpa = forced
+    try:
+        yield
+    finally:
+        lua_arch.window_sdpa = plain
+
+
+#: (label, mask in bias, head-dim padding, forced SDPA backend or None for PyTorch's choice)
+VARIANTS = [
+    ("default", True, "weights", None),
+    ("SDPA forced: efficient", True, "weights", "EFFICIENT_ATTENTION"),
+    ("SDPA forced: cuDNN", True, "weights", "CUDNN_ATTENTION"),
+    ("mask-in-bias, pad per-call", True, "per-call", None),
+    ("mask-in-bias, pad none", True, "none", None),
+    ("regions, pad weights", False, "weights", None),
+    ("regions, pad per-call", False, "per-call", None),
+    ("regions, pad none", False, "none", None),
+]
+
+
+def variants(device: str, size: int, repeat: int, which: str) -> None:
     model = lua_speed.released_model(device, torch.bfloat16)
     x = torch.randn(1, 16, size, size, device=device, dtype=torch.bfloat16)
+    chosen = [v for i, v in enumerate(VARIANTS) if which == "all" or str(i) in which.split("+")]
     with torch.inference_mode():
         ref = baseline_forward(model, x, "x2").float()
-        print(f"  {size}^2 x2 bf16    {'baseline ms':>11} {'ours ms':>8} {'ratio':>6} {'max|diff|':>9}")
-        for masked in (True, False):
-            for pad in ("weights", "per-call", "none"):
-                with variant(model, masked, pad):
-                    diff = (model(x, "x2").float() - ref).abs().max().item()
-                    (tb, _), (to, _) = lua_speed.timed_pair(lambda: baseline_forward(model, x, "x2"),
-                                                            lambda: model(x, "x2"), device, repeat)
-                label = f"{'mask-in-bias' if masked else 'regions'}, pad {pad}"
-                print(f"  {label:<26} {tb * 1e3:>8.2f} {to * 1e3:>8.2f} {to / tb:>6.3f} {diff:>9.2e}", flush=True)
+        print(f"  {size}^2 x2 bf16              {'baseline ms':>11} {'ours ms':>8} {'ratio':>6} {'max|diff|':>9}")
+        for label, masked, pad, backend in chosen:
+            if backend is not None and not device.startswith("cuda"):
+                continue
+            with variant(model, masked, pad), forced_sdpa(backend):
+                diff = (model(x, "x2").float() - ref).abs().max().item()
+                (tb, _), (to, _) = lua_speed.timed_pair(lambda: baseline_forward(model, x, "x2"),
+                                                        lambda: model(x, "x2"), device, repeat)
+            print(f"  {label:<30} {tb * 1e3:>8.2f} {to * 1e3:>8.2f} {to / tb:>6.3f} {diff:>9.2e}", flush=True)
 
 
-def graph_and_profile(device: str, size: int, repeat: int) -> None:
+def graph_and_profile(device: str, sizes: list[int], size: int, repeat: int) -> None:
     model = lua_speed.released_model(device, torch.bfloat16)
-    for head in ("x2", "x4"):
-        x = torch.randn(1, 16, size, size, device=device, dtype=torch.bfloat16)
+    for side, head in itertools.product(sizes, ("x2", "x4")):
+        x = torch.randn(1, 16, side, side, device=device, dtype=torch.bfloat16)
         with torch.inference_mode():
             eager = lua_speed.timed(lambda: model(x, head), device, repeat)
             ref = model(x, head)
@@ -130,7 +170,7 @@ def graph_and_profile(device: str, size: int, repeat: int) -> None:
                 out = model(x, head)
             replay = lua_speed.timed(graph.replay, device, repeat)
             same = (out.float() - ref.float()).abs().max().item()
-        print(f"  {size}^2 {head} bf16: eager {eager * 1e3:.2f} ms, CUDA graph replay {replay * 1e3:.2f} ms "
+        print(f"  {side}^2 {head} bf16: eager {eager * 1e3:.2f} ms, CUDA graph replay {replay * 1e3:.2f} ms "
               f"(max|diff| {same:.1e})", flush=True)
     x = torch.randn(1, 16, size, size, device=device, dtype=torch.bfloat16)
     with torch.inference_mode(), torch.profiler.profile(
@@ -146,7 +186,11 @@ def main() -> None:
     ap.add_argument("--sizes", default="64,128,256")
     ap.add_argument("--variant-size", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=10)
+    ap.add_argument("--sections", default="1,2,3,4a,4b,5a,5b,6", help="which parts to run")
+    ap.add_argument("--variants", default="all", help="indices into VARIANTS joined by '+', or 'all'")
+    ap.add_argument("--sdpa", default=None, help="force lua_core's attention onto one SDPA backend in 3-6")
     a = ap.parse_args()
+    only = set(a.sections.split(","))
     cuda = a.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         sys.exit("no CUDA device: this script is for a GPU machine (or pass --device cpu for a dry run)")
@@ -156,22 +200,27 @@ def main() -> None:
     sizes = [int(s) for s in a.sizes.split(",")]
     if cuda:
         section("1. SDPA kernels for window attention (bf16, head_dim padded in the weights)",
-                lambda: kernel_check(a.device))
-    section("2. attention variants", lambda: variants(a.device, a.variant_size, a.repeat))
+                lambda: kernel_check(a.device), only)
+    section("2. attention variants", lambda: variants(a.device, a.variant_size, a.repeat, a.variants), only)
+    if a.sdpa:
+        print(f"lua_core's window attention forced onto {a.sdpa} from here on")
+    stack = contextlib.ExitStack()
+    stack.enter_context(forced_sdpa(a.sdpa))
     if cuda:
         section("3. CUDA graph replay and kernel profile",
-                lambda: graph_and_profile(a.device, a.variant_size, a.repeat))
+                lambda: graph_and_profile(a.device, sizes, a.variant_size, a.repeat), only)
 
     def args(**kw) -> argparse.Namespace:
         base = dict(device=a.device, dtype="bf16", sizes=sizes, repeat=a.repeat, memory_size=128,
                     budgets=[2.0, 1.0], threads=None)
         return argparse.Namespace(**{**base, **kw})
 
-    section("4a. speed, bf16", lambda: lua_speed.bench_speed(args()))
-    section("4b. speed, fp16", lambda: lua_speed.bench_speed(args(dtype="fp16", sizes=[a.variant_size])))
-    section("5a. memory, fp32", lambda: lua_speed.bench_memory(args(dtype="fp32", memory_size=128 if cuda else 16)))
-    section("5b. memory, bf16", lambda: lua_speed.bench_memory(args(memory_size=128 if cuda else 16)))
-    section("6. drift against the official fp32 outputs", lambda: lua_speed.bench_drift(args()))
+    section("4a. speed, bf16", lambda: lua_speed.bench_speed(args()), only)
+    section("4b. speed, fp16", lambda: lua_speed.bench_speed(args(dtype="fp16", sizes=[a.variant_size])), only)
+    section("5a. memory, fp32",
+            lambda: lua_speed.bench_memory(args(dtype="fp32", memory_size=128 if cuda else 16)), only)
+    section("5b. memory, bf16", lambda: lua_speed.bench_memory(args(memory_size=128 if cuda else 16)), only)
+    section("6. drift against the official fp32 outputs", lambda: lua_speed.bench_drift(args()), only)
 
 
 if __name__ == "__main__":

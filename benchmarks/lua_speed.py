@@ -398,7 +398,7 @@ def bench_drift(args) -> list[dict]:
                 worst = max(worst, (y.float().cpu() - vec[c["output_key"]]).abs().max().item())
             absmax = max(abs(c["output_absmax"]) for c in man["cases"])
             rows.append(dict(model=name, dtype=dname, max_abs=worst, relative=worst / absmax))
-            print(f"{name} {dname} ({args.device}): max |diff| vs fp32 official {worst:.4f} "
+            print(f"{name} {dname} ({args.device}): max |diff| vs fp32 official {worst:.2e} "
                   f"({100 * worst / absmax:.2f}% of |out| max)")
     return rows
 

@@ -5,7 +5,9 @@ Kept apart so that the ComfyUI nodes can pass their own numbers (``model_managem
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -55,3 +57,24 @@ def release_cached_memory(device: torch.device | str) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps" and hasattr(torch, "mps"):
         torch.mps.empty_cache()
+
+
+@contextlib.contextmanager
+def exact_fp32(device: torch.device | str, dtype: torch.dtype) -> Iterator[None]:
+    """fp32 on CUDA without TF32, for the duration of one forward.
+
+    PyTorch lets cuDNN convolutions use TF32 by default (and ComfyUI or a user may allow it for
+    matmuls too): on an H100 that moved the conformance outputs by 4.6e-3, 46x the 1e-4 tolerance
+    (benchmarks/gpu_check.py, "drift"). An fp32 model is run for fp32 numbers, so both are switched
+    off here and restored after; fp16/bf16 are untouched. Someone who wants TF32 speed can run the
+    model in bf16, which is faster still.
+    """
+    if dtype != torch.float32 or torch.device(device).type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

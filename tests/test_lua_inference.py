@@ -279,19 +279,20 @@ def test_half_precision_models_and_latents(conformance, name, dtype, tol):
     assert lua_core.upscale_latent(model, x, 2).dtype == torch.float32
 
 
-@pytest.mark.parametrize("pad,masked", [(True, False), (False, True), (True, True)])
-def test_gpu_attention_layout_is_exact(public16, monkeypatch, pad, masked):
+@pytest.mark.parametrize("pad,masked,gemm_bias", [(True, False, False), (False, True, False), (False, False, True),
+                                                   (True, True, True)])
+def test_gpu_attention_layout_is_exact(public16, monkeypatch, pad, masked, gemm_bias):
     """What CUDA runs differently: head_dim zero-padded inside kept copies of the attention weights
-    (fused kernels want it aligned) and the shift mask folded into one bias per window kind (one
-    attention call per kind, not per region). Exercised on the CPU by enabling both there: the
-    official outputs within the conformance tolerance, and the plain CPU path's within fp32 rounding."""
+    (fused kernels want it aligned), the shift mask folded into one bias per window kind (one
+    attention call per kind, not per region), biases added inside the GEMMs. Exercised on the CPU
+    by enabling them there: the official outputs within the conformance tolerance, and the plain
+    CPU path's within fp32 rounding."""
     from lua_core.archs import lua as lua_arch
     model, vec = public16
     plain = lua_core.upscale_latent(model, vec["input_1"], 2)
-    if pad:
-        monkeypatch.setattr(lua_arch, "PAD_HEAD_DIM_ON", ("cpu",))
-    if masked:
-        monkeypatch.setattr(lua_arch, "MASK_IN_BIAS_ON", ("cpu",))
+    for flag, on in (("PAD_HEAD_DIM_ON", pad), ("MASK_IN_BIAS_ON", masked), ("BIAS_IN_GEMM_ON", gemm_bias)):
+        if on:
+            monkeypatch.setattr(lua_arch, flag, ("cpu",))
     model.clear_caches()
     try:
         for i, scale in itertools.product((0, 1), (2, 4)):
@@ -301,18 +302,72 @@ def test_gpu_attention_layout_is_exact(public16, monkeypatch, pad, masked):
         assert (out - plain).abs().max().item() <= 1e-5
         blk = model.layers[0].residual_group.blocks[1]  # shifted
         hd = model.config.embed_dim // model.config.num_heads[0]
-        assert hd % 8 != 0 and blk.attn.inference_weights()[3] == (hd + (-hd) % 8 if pad else hd)
+        assert hd % 8 != 0 and blk.attn.inference_weights().head_dim == (hd + (-hd) % 8 if pad else hd)
         segments = blk.segments(model.layouts(64, 64, torch.device("cpu")).by_shift[blk.shift])
         assert len(segments) == (4 if masked else 9)  # 4 window kinds; 1 + 2 + 2 + 4 regions
         # what the node reserves for these kept values is what is kept
-        kept = sum(b.bias_cache.numel() for layer in model.layers for b in layer.residual_group.blocks)
-        if pad:
-            kept += sum(t.numel() for layer in model.layers for b in layer.residual_group.blocks
-                        for t in b.attn.inference_weights()[:3] if t is not None)
+        kept = 0
+        for layer in model.layers:
+            for b in layer.residual_group.blocks:
+                w = b.attn.inference_weights()
+                kept += b.bias_cache.numel() + w.qkv_bias.numel() + w.proj_bias.numel()
+                kept += w.qkv.numel() + w.proj.numel() if pad else 0
         assert kept * 4 == lua_arch.kept_bytes(model.config, 4, "cpu")
     finally:
         monkeypatch.undo()
         model.clear_caches()
+
+
+def test_fp32_inference_on_cuda_turns_tf32_off_and_restores_it(monkeypatch):
+    """TF32 moved the official outputs by 4.6e-3 on an H100 (gpu_check drift): an fp32 forward on
+    CUDA switches it off for cuDNN and matmuls, and puts the user's settings back afterwards."""
+    import contextlib
+
+    from lua_core import devices
+    flags = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = [f.allow_tf32 for f in flags]
+    try:
+        for f in flags:
+            f.allow_tf32 = True
+        with devices.exact_fp32("cuda:0", torch.float32):
+            assert [f.allow_tf32 for f in flags] == [False, False]
+        assert [f.allow_tf32 for f in flags] == [True, True]
+        for device, dtype in (("cuda", torch.bfloat16), ("cuda", torch.float16), ("cpu", torch.float32)):
+            with devices.exact_fp32(device, dtype):
+                assert [f.allow_tf32 for f in flags] == [True, True]
+        with pytest.raises(RuntimeError, match="inside"), devices.exact_fp32("cuda", torch.float32):
+            raise RuntimeError("an error inside the forward")
+        assert [f.allow_tf32 for f in flags] == [True, True]
+    finally:
+        for f, v in zip(flags, saved):
+            f.allow_tf32 = v
+    # the forward runs inside it (inference only: training keeps the user's choice)
+    seen = []
+
+    @contextlib.contextmanager
+    def spy(device, dtype):
+        seen.append((torch.device(device).type, dtype))
+        yield
+
+    monkeypatch.setattr(devices, "exact_fp32", spy)
+    model = make_lua()
+    lua_core.upscale_latent(model, torch.randn(1, 16, 8, 8), 2)
+    assert seen == [("cpu", torch.float32)]
+    model(torch.randn(1, 16, 8, 8, requires_grad=True), "x2")
+    assert len(seen) == 1
+
+
+def test_a_model_used_for_inference_can_then_be_trained():
+    """What inference builds and keeps (layouts, biases, folded heads) must not leak inference
+    tensors into a later autograd forward (evaluate, then fine-tune the same model object)."""
+    model = make_lua()
+    x = torch.randn(1, 16, 16, 16)
+    lua_core.upscale_latent(model, x, 2)  # runs under torch.inference_mode
+    model.train().requires_grad_(True)
+    out = model(x, "x2")
+    out.square().mean().backward()
+    grads = {k: p.grad for k, p in model.named_parameters() if not k.startswith("heads.x4.")}
+    assert all(g is not None for g in grads.values()) and all(g.abs().sum() > 0 for g in grads.values())
 
 
 def test_overflow_is_reported_not_passed_on():

@@ -11,9 +11,11 @@ numbers (fp32, within 1e-4):
 * every Swin block works in a window-partitioned layout, where windows, LayerNorms and the MLP are
   independent per window, so they run in chunks of windows written back in place, the output
   projection and fc2 accumulating into the residual inside their GEMMs;
-* the relative-position bias is built once per weights and broadcast over windows and batch; the
-  shift mask is not added at all: in the rolled frame only the last row and column of windows hold
-  more than one mask region, and attention runs per region (``window_regions``);
+* the relative-position bias is built once per weights and broadcast over windows and batch; on
+  CPU the shift mask is not added at all: in the rolled frame only the last row and column of
+  windows hold more than one mask region, and attention runs per region (``window_regions``); on
+  CUDA, where kernel launches cost more than exps, the mask is folded into one kept bias per window
+  kind (``MASK_IN_BIAS_ON``) and the head dim padded inside kept weights (``PAD_HEAD_DIM_ON``);
 * the heads' linear tails are folded into one convolution at the latent size (``folded_head``), and
   on CPU fp32 the wide 3x3 convolutions run as Winograd F(2x2, 3x3) (``winograd``);
 * the convolutions of the heads (and the trunk's) can run in bands of rows with the halo each band
@@ -29,7 +31,7 @@ import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -336,6 +338,21 @@ PAD_HEAD_DIM_ON = ("cuda",)
 MASK_IN_BIAS_ON = ("cuda",)
 
 
+#: devices whose GEMMs add a bias vector in their epilogue for free (cuBLASLt), where a separate
+#: add costs a kernel launch and a pass over the output; a CPU GEMM would copy the bias first
+BIAS_IN_GEMM_ON = ("cuda",)
+
+
+class AttentionWeights(NamedTuple):
+    """What inference multiplies with (``WindowAttention.inference_weights``), kept per weights."""
+
+    qkv: torch.Tensor  # (3 * heads * head_dim, C)
+    qkv_bias: torch.Tensor | None  # (3 * heads * head_dim,): the query bias, zeros for keys and values
+    proj: torch.Tensor  # (C, heads * head_dim)
+    proj_bias: torch.Tensor  # (C,): proj's bias with the value bias folded in (``proj_bias``)
+    head_dim: int  # padded where ``PAD_HEAD_DIM_ON``
+
+
 def mask_in_bias(device: torch.device | str) -> bool:
     """Whether attention on ``device`` adds the shift mask (True) or splits by region (False)."""
     return torch.device(device).type in MASK_IN_BIAS_ON
@@ -385,37 +402,37 @@ class WindowAttention(KeepsDerived):
         self.register_buffer("relative_position_index", relative_position_index(ws), persistent=False)
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self._padded = Derived()
+        self._kept = Derived()
 
-    def inference_weights(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
-        """(qkv weight, query bias, proj weight, head dim) as inference multiplies with them.
+    def inference_weights(self) -> AttentionWeights:
+        """The weights inference multiplies with, built once per weights.
 
         Where fused attention wants an aligned head_dim (``PAD_HEAD_DIM_ON``) the padding lives in
-        kept copies of the weights: zero rows in qkv give q, k and v zero columns straight out of
-        the GEMM, and zero columns in proj drop the (zero) padded outputs, so no per-call pad and
-        crop copies are made. Exact: the zero columns add nothing to q @ k^T nor to the output.
+        these copies: zero rows in qkv give q, k and v zero columns straight out of the GEMM, and
+        zero columns in proj drop the (zero) padded outputs, so no per-call pad and crop copies are
+        made. Exact: the zero columns add nothing to q @ k^T nor to the output.
         """
         w, c = self.qkv.weight, self.qkv.weight.shape[1]
-        qb = None if self.qkv.bias is None else self.qkv.bias[:c]
         pad = (-self.head_dim) % 8 if w.device.type in PAD_HEAD_DIM_ON else 0
-        if not pad:
-            return w, qb, self.proj.weight, self.head_dim
         heads, hd, hp = self.num_heads, self.head_dim, self.head_dim + pad
 
-        def build() -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, int]:
-            wq = w.new_zeros(3, heads, hp, c)
-            wq[:, :, :hd] = w.view(3, heads, hd, c)
+        def build() -> AttentionWeights:
+            wq, wp = w, self.proj.weight
+            if pad:
+                wq = w.new_zeros(3, heads, hp, c)
+                wq[:, :, :hd] = w.view(3, heads, hd, c)
+                wp = self.proj.weight.new_zeros(c, heads, hp)
+                wp[:, :, :hd] = self.proj.weight.view(c, heads, hd)
+                wq, wp = wq.view(-1, c), wp.view(c, -1)
             bq = None
-            if qb is not None:
-                bq = qb.new_zeros(heads, hp)
-                bq[:, :hd] = qb.view(heads, hd)
+            if self.qkv.bias is not None:
+                bq = w.new_zeros(3, heads, hp)
+                bq[0, :, :hd] = self.qkv.bias[:c].view(heads, hd)
                 bq = bq.view(-1)
-            wp = self.proj.weight.new_zeros(c, heads, hp)
-            wp[:, :, :hd] = self.proj.weight.view(c, heads, hd)
-            return wq.view(-1, c), bq, wp.view(c, -1), hp
+            return AttentionWeights(wq, bq, wp, self.proj_bias(), hp)
 
-        params = [w, self.proj.weight] + ([self.qkv.bias] if self.qkv.bias is not None else [])
-        return self._padded.get(params, build)
+        params = [w, self.proj.weight, self.proj.bias] + ([self.qkv.bias] if self.qkv.bias is not None else [])
+        return self._kept.get(params, build)
 
     def position_bias(self) -> torch.Tensor:
         """(heads, N, N) relative-position bias of this block, contiguous (SDPA would copy it otherwise)."""
@@ -449,9 +466,14 @@ class WindowAttention(KeepsDerived):
         grad = torch.is_grad_enabled()
         if workspace is not None and not grad and x.is_contiguous():
             # the head dim may be padded here (inference_weights); the output is then wider than c
-            wqkv, qbias, _, hd = self.inference_weights()
-            c = wqkv.shape[0] // 3
-            qkv = torch.mm(x.view(-1, x.shape[-1]), wqkv.t(), out=workspace.get("qkv", (b * nw * n, 3 * c), x))
+            kept = self.inference_weights()
+            hd, c = kept.head_dim, kept.qkv.shape[0] // 3
+            buf = workspace.get("qkv", (b * nw * n, 3 * c), x)
+            if kept.qkv_bias is not None and x.device.type in BIAS_IN_GEMM_ON:
+                qkv, qbias = torch.addmm(kept.qkv_bias, x.view(-1, x.shape[-1]), kept.qkv.t(), out=buf), None
+            else:
+                qkv = torch.mm(x.view(-1, x.shape[-1]), kept.qkv.t(), out=buf)
+                qbias = None if kept.qkv_bias is None else kept.qkv_bias[:c]
         else:
             hd, qbias = self.head_dim, None if self.qkv.bias is None else self.qkv.bias[:c]
             qkv = torch.matmul(x, self.qkv.weight.t())
@@ -547,9 +569,12 @@ class SwinBlock(KeepsDerived):
         """
         if torch.is_grad_enabled():
             return self._region_biases()
-        table = self.attn.relative_position_bias_table
+        return self._kept()[1]
 
-        def build() -> tuple[torch.Tensor, dict]:
+    def _kept(self) -> tuple[torch.Tensor, dict, dict]:
+        """(flat bias storage, its per-kind views, segments per layout), built once per table state
+        (a GPU forward is bound by the host's time per block, so nothing is rebuilt per call)."""
+        def build() -> tuple[torch.Tensor, dict, dict]:
             built = self._region_biases()
             parts, shapes, offset = [], {}, 0
             for kind, regions in built.items():
@@ -559,16 +584,27 @@ class SwinBlock(KeepsDerived):
                     parts += [bias.reshape(-1), bias.new_zeros(size - bias.numel())]
                     shapes[kind].append((a, b, offset, tuple(bias.shape)))
                     offset += size
-            return torch.cat(parts), shapes
+            flat = torch.cat(parts)
+            views = {kind: [(a, b, flat[o:o + math.prod(shape)].view(shape)) for a, b, o, shape in regions]
+                     for kind, regions in shapes.items()}
+            return flat, views, {}
 
-        flat, shapes = self._biases.get([table], build)
-        return {kind: [(a, b, flat[o:o + math.prod(shape)].view(shape)) for a, b, o, shape in regions]
-                for kind, regions in shapes.items()}
+        return self._biases.get([self.attn.relative_position_bias_table], build)
 
     def segments(self, layout: WindowLayout) -> list[tuple[int, int, int, int, torch.Tensor]]:
         """(first window, end window, first token, end token, bias) blocks of ``layout``."""
-        biases = self.region_biases()
-        return [(g0, g1, a, b, bias) for g0, g1, lr, lc in layout.groups for a, b, bias in biases[(lr, lc)]]
+        def of(biases: dict) -> list[tuple[int, int, int, int, torch.Tensor]]:
+            return [(g0, g1, a, b, bias) for g0, g1, lr, lc in layout.groups for a, b, bias in biases[(lr, lc)]]
+
+        if torch.is_grad_enabled():
+            return of(self._region_biases())
+        _, views, by_layout = self._kept()
+        hit = by_layout.get(id(layout))
+        if hit is None or hit[0] is not layout:
+            if len(by_layout) > 8:
+                by_layout.clear()
+            hit = by_layout[id(layout)] = (layout, of(views))
+        return hit[1]
 
     def forward(self, t: torch.Tensor, layout: WindowLayout, chunk_windows: int | None = None,
                 workspace: Workspace | None = None) -> torch.Tensor:
@@ -587,9 +623,9 @@ class SwinBlock(KeepsDerived):
             # autograd, or autocast (whose dtypes the in-place accumulation below would mix)
             win = win + self.attn(self.norm1(win), segments)
             return (win + self.mlp(self.norm2(win))).view(b, n_tok, c)
-        proj_bias = self.attn.proj_bias()
-        proj_weight = self.attn.inference_weights()[2]
+        kept = self.attn.inference_weights()
         fc1, fc2 = self.mlp.fc1, self.mlp.fc2
+        fc1_in_gemm = fc1.bias is not None and t.device.type in BIAS_IN_GEMM_ON
         workspace = workspace or Workspace()
         for bs, w0, w1 in _chunks(b, nw, chunk_windows):
             w = win[bs, w0:w1]
@@ -597,11 +633,15 @@ class SwinBlock(KeepsDerived):
                     if g0 < w1 and g1 > w0]
             att = self.attn.attend(self.norm1(w), segs, workspace)
             flat = w.view(-1, c)  # chunks are contiguous runs of windows
-            flat += proj_bias
-            flat.addmm_(att.reshape(-1, att.shape[-1]), proj_weight.t())
+            flat += kept.proj_bias
+            flat.addmm_(att.reshape(-1, att.shape[-1]), kept.proj.t())
             hidden = workspace.get("hidden", (flat.shape[0], fc1.weight.shape[0]), flat)
-            torch.mm(self.norm2(w).view(-1, c), fc1.weight.t(), out=hidden)
-            hidden += fc1.bias
+            if fc1_in_gemm:
+                torch.addmm(fc1.bias, self.norm2(w).view(-1, c), fc1.weight.t(), out=hidden)
+            else:
+                torch.mm(self.norm2(w).view(-1, c), fc1.weight.t(), out=hidden)
+                if fc1.bias is not None:
+                    hidden += fc1.bias
             torch.ops.aten.gelu_(hidden)  # exact (erf) GELU, in place
             flat += fc2.bias
             flat.addmm_(hidden, fc2.weight.t())
@@ -764,14 +804,15 @@ def bias_cache_bytes(cfg: LUAConfig, elem: int = 4, masked: bool = False) -> int
 
 def kept_bytes(cfg: LUAConfig, elem: int = 4, device: torch.device | str = "cpu") -> int:
     """Bytes inference keeps per model on ``device`` beyond its weights: the attention biases
-    (``bias_cache_bytes``) and, where the head dim is padded (``PAD_HEAD_DIM_ON``), the padded
-    qkv and proj weights (``WindowAttention.inference_weights``)."""
+    (``bias_cache_bytes``) and each block's ``AttentionWeights`` (its bias vectors; where the head
+    dim is padded, ``PAD_HEAD_DIM_ON``, padded copies of qkv and proj too)."""
     total = bias_cache_bytes(cfg, elem, masked=mask_in_bias(device))
-    if torch.device(device).type in PAD_HEAD_DIM_ON:
-        e = cfg.embed_dim
-        for depth, heads in zip(cfg.depths, cfg.num_heads):
-            hp = e // heads + (-(e // heads)) % 8
-            total += depth * elem * (4 * heads * hp * e + heads * hp)
+    pad = torch.device(device).type in PAD_HEAD_DIM_ON
+    e = cfg.embed_dim
+    for depth, heads in zip(cfg.depths, cfg.num_heads):
+        hp = e // heads + ((-(e // heads)) % 8 if pad else 0)
+        per_block = (3 * heads * hp if cfg.qkv_bias else 0) + e + (4 * heads * hp * e if pad else 0)
+        total += depth * elem * per_block
     return total
 
 
@@ -954,7 +995,17 @@ class LUA(LatentUpscaler):
 
     def forward(self, x: torch.Tensor, head: str | None = None, plan: ForwardPlan | None = None,
                 progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """Official forward: reflect-pad to the window, trunk, head, crop. x: (B, C, H, W)."""
+        """Official forward: reflect-pad to the window, trunk, head, crop. x: (B, C, H, W).
+
+        Inference in fp32 on CUDA runs without TF32 (``devices.exact_fp32``)."""
+        if not torch.is_grad_enabled():
+            from ..devices import exact_fp32
+            with exact_fp32(x.device, x.dtype):
+                return self._forward(x, head, plan, progress)
+        return self._forward(x, head, plan, progress)
+
+    def _forward(self, x: torch.Tensor, head: str | None, plan: ForwardPlan | None,
+                 progress: Callable[[int, int], None] | None) -> torch.Tensor:
         plan = plan or ForwardPlan()
         name = head or self.config.primary_head or self.config.heads[0].name
         hd = self.heads[name]
@@ -978,7 +1029,10 @@ class LUA(LatentUpscaler):
             if len(cache) > 8:
                 cache.clear()
             shifts = {blk.shift for layer in self.layers for blk in layer.residual_group.blocks}
-            cache[key] = _Layouts(h, w, self.config.ws_eff, shifts, device)
+            # normal tensors even when built under inference_mode: autograd saves the gather indices
+            # when the same model is trained later, and refuses inference tensors
+            with torch.inference_mode(False):
+                cache[key] = _Layouts(h, w, self.config.ws_eff, shifts, device)
         return cache[key]
 
     def features(self, x: torch.Tensor, plan: ForwardPlan | None = None,
