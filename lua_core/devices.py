@@ -72,9 +72,18 @@ def exact_fp32(device: torch.device | str, dtype: torch.dtype) -> Iterator[None]
     if dtype != torch.float32 or torch.device(device).type != "cuda":
         yield
         return
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    try:
+        # the flags ComfyUI itself uses (comfy.k_diffusion.utils saves and restores them the same way)
+        targets = [(matmul, "allow_tf32", matmul.allow_tf32, False), (cudnn, "allow_tf32", cudnn.allow_tf32, False)]
+    except RuntimeError:
+        # torch >= 2.9 refuses to read those once TF32 was set through its newer fp32_precision API
+        targets = [(matmul, "fp32_precision", matmul.fp32_precision, "ieee"),
+                   (cudnn.conv, "fp32_precision", cudnn.conv.fp32_precision, "ieee")]
+    for owner, name, _, value in targets:
+        setattr(owner, name, value)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        for owner, name, saved, _ in targets:
+            setattr(owner, name, saved)

@@ -341,6 +341,17 @@ def test_fp32_inference_on_cuda_turns_tf32_off_and_restores_it(monkeypatch):
     finally:
         for f, v in zip(flags, saved):
             f.allow_tf32 = v
+    # TF32 set through torch's newer API, whose use makes the legacy flags unreadable
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    if hasattr(matmul, "fp32_precision"):
+        saved = matmul.fp32_precision, conv.fp32_precision
+        try:
+            matmul.fp32_precision = conv.fp32_precision = "tf32"
+            with devices.exact_fp32("cuda", torch.float32):
+                assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+            assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+        finally:
+            matmul.fp32_precision, conv.fp32_precision = saved
     # the forward runs inside it (inference only: training keeps the user's choice)
     seen = []
 
