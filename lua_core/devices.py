@@ -73,13 +73,14 @@ def exact_fp32(device: torch.device | str, dtype: torch.dtype) -> Iterator[None]
         yield
         return
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    try:
-        # the flags ComfyUI itself uses (comfy.k_diffusion.utils saves and restores them the same way)
-        targets = [(matmul, "allow_tf32", matmul.allow_tf32, False), (cudnn, "allow_tf32", cudnn.allow_tf32, False)]
-    except RuntimeError:
-        # torch >= 2.9 refuses to read those once TF32 was set through its newer fp32_precision API
+    if hasattr(matmul, "fp32_precision") and hasattr(getattr(cudnn, "conv", None), "fp32_precision"):
+        # torch >= 2.9: only its fp32_precision API. Writing the legacy flags there rewrites these
+        # settings, so restoring the legacy flags would not give the user's state back (and a
+        # torch.set_float32_matmul_precision('medium') would read as a mix and raise afterwards)
         targets = [(matmul, "fp32_precision", matmul.fp32_precision, "ieee"),
                    (cudnn.conv, "fp32_precision", cudnn.conv.fp32_precision, "ieee")]
+    else:
+        targets = [(matmul, "allow_tf32", matmul.allow_tf32, False), (cudnn, "allow_tf32", cudnn.allow_tf32, False)]
     for owner, name, _, value in targets:
         setattr(owner, name, value)
     try:

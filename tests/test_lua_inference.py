@@ -305,53 +305,109 @@ def test_gpu_attention_layout_is_exact(public16, monkeypatch, pad, masked, gemm_
         assert hd % 8 != 0 and blk.attn.inference_weights().head_dim == (hd + (-hd) % 8 if pad else hd)
         segments = blk.segments(model.layouts(64, 64, torch.device("cpu")).by_shift[blk.shift])
         assert len(segments) == (4 if masked else 9)  # 4 window kinds; 1 + 2 + 2 + 4 regions
-        # what the node reserves for these kept values is what is kept
-        kept = 0
-        for layer in model.layers:
-            for b in layer.residual_group.blocks:
-                w = b.attn.inference_weights()
-                kept += b.bias_cache.numel() + w.qkv_bias.numel() + w.proj_bias.numel()
-                kept += w.qkv.numel() + w.proj.numel() if pad else 0
-        assert kept * 4 == lua_arch.kept_bytes(model.config, 4, "cpu")
+        assert _kept_elements(model) * 4 == lua_arch.kept_bytes(model.config, 4, "cpu")
     finally:
         monkeypatch.undo()
         model.clear_caches()
 
 
-def test_fp32_inference_on_cuda_turns_tf32_off_and_restores_it(monkeypatch):
+def _kept_elements(model) -> int:
+    """Elements the model keeps beyond its parameters: tensors reachable from its kept values
+    that are not parameters themselves (nor views of them)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = 0
+    for layer in model.layers:
+        for b in layer.residual_group.blocks:
+            kept += b.bias_cache.numel()
+            for t in b.attn.inference_weights()[:4]:
+                if t is not None and t.untyped_storage().data_ptr() not in params:
+                    kept += t.numel()
+    return kept
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+@pytest.mark.parametrize("overrides", [{}, {"embed_dim": 32, "num_heads": [4]}, {"qkv_bias": False},
+                                       {"img_size": 8}])
+def test_kept_bytes_is_what_inference_keeps(monkeypatch, gpu, overrides):
+    """The node reserves ``kept_bytes`` beyond the weights: it must match what is built, on the CPU
+    and (switched on here) on CUDA's layout, for head dims that need padding (tiny: 6) or not (8),
+    without a qkv bias, and without shifted blocks."""
+    from lua_core.archs import lua as lua_arch
+    if gpu:
+        for flag in ("PAD_HEAD_DIM_ON", "MASK_IN_BIAS_ON", "BIAS_IN_GEMM_ON"):
+            monkeypatch.setattr(lua_arch, flag, ("cpu",))
+    model = make_lua(tiny_config(**overrides))
+    lua_core.upscale_latent(model, torch.randn(1, 16, 16, 16), 2)
+    assert _kept_elements(model) * 4 == lua_arch.kept_bytes(model.config, 4, "cpu")
+
+
+_TF32_CHILD = r"""
+import sys, torch
+sys.path.insert(0, sys.argv[2])
+from lua_core.devices import exact_fp32
+exec(sys.argv[1])  # the user's TF32 setup
+m, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+def state():
+    try:
+        precision = torch.get_float32_matmul_precision()
+    except RuntimeError as e:
+        precision = "raises"
+    return (precision, m.fp32_precision, cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision,
+            torch.backends.fp32_precision)
+before = state()
+with exact_fp32("cuda:0", torch.float32):
+    inside = (m.fp32_precision, cudnn.conv.fp32_precision)
+for device, dtype in (("cuda", torch.bfloat16), ("cuda", torch.float16), ("cpu", torch.float32)):
+    with exact_fp32(device, dtype):
+        assert state() == before, (device, dtype)
+try:
+    with exact_fp32("cuda", torch.float32):
+        raise KeyError("an error inside the forward")
+except KeyError:
+    pass
+print(inside == ("ieee", "ieee"), state() == before, before, state())
+"""
+
+
+@pytest.mark.parametrize("setup", ["pass", "torch.set_float32_matmul_precision('medium')",
+                                   "torch.backends.cuda.matmul.allow_tf32 = True",
+                                   "torch.backends.cudnn.allow_tf32 = False",
+                                   "torch.backends.fp32_precision = 'tf32'"])
+def test_fp32_inference_on_cuda_turns_tf32_off_and_restores_it(setup):
     """TF32 moved the official outputs by 4.6e-3 on an H100 (gpu_check drift): an fp32 forward on
-    CUDA switches it off for cuDNN and matmuls, and puts the user's settings back afterwards."""
+    CUDA switches it off for cuDNN and matmuls, and gives the user's settings back exactly,
+    whichever API set them (each case in a fresh process: these are process-wide settings)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        pytest.skip("torch < 2.9: the legacy-flag path is tested by test_exact_fp32_on_older_torch")
+    root = str(Path(lua_core.__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", _TF32_CHILD, setup, root], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("True True"), out.stdout
+
+
+def test_exact_fp32_on_older_torch(monkeypatch):
+    """torch < 2.9 has only the allow_tf32 flags: those are switched off and restored."""
+    from types import SimpleNamespace
+
+    from lua_core import devices
+    matmul, cudnn = SimpleNamespace(allow_tf32=True), SimpleNamespace(allow_tf32=True)
+    monkeypatch.setattr(torch.backends.cuda, "matmul", matmul)
+    monkeypatch.setattr(torch.backends, "cudnn", cudnn)
+    with devices.exact_fp32("cuda", torch.float32):
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, False)
+    assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+    with devices.exact_fp32("cuda", torch.bfloat16):
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, True)
+
+
+def test_the_forward_runs_inside_exact_fp32(monkeypatch):
     import contextlib
 
     from lua_core import devices
-    flags = torch.backends.cuda.matmul, torch.backends.cudnn
-    saved = [f.allow_tf32 for f in flags]
-    try:
-        for f in flags:
-            f.allow_tf32 = True
-        with devices.exact_fp32("cuda:0", torch.float32):
-            assert [f.allow_tf32 for f in flags] == [False, False]
-        assert [f.allow_tf32 for f in flags] == [True, True]
-        for device, dtype in (("cuda", torch.bfloat16), ("cuda", torch.float16), ("cpu", torch.float32)):
-            with devices.exact_fp32(device, dtype):
-                assert [f.allow_tf32 for f in flags] == [True, True]
-        with pytest.raises(RuntimeError, match="inside"), devices.exact_fp32("cuda", torch.float32):
-            raise RuntimeError("an error inside the forward")
-        assert [f.allow_tf32 for f in flags] == [True, True]
-    finally:
-        for f, v in zip(flags, saved):
-            f.allow_tf32 = v
-    # TF32 set through torch's newer API, whose use makes the legacy flags unreadable
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-    if hasattr(matmul, "fp32_precision"):
-        saved = matmul.fp32_precision, conv.fp32_precision
-        try:
-            matmul.fp32_precision = conv.fp32_precision = "tf32"
-            with devices.exact_fp32("cuda", torch.float32):
-                assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
-            assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
-        finally:
-            matmul.fp32_precision, conv.fp32_precision = saved
     # the forward runs inside it (inference only: training keeps the user's choice)
     seen = []
 

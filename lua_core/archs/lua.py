@@ -807,11 +807,14 @@ def kept_bytes(cfg: LUAConfig, elem: int = 4, device: torch.device | str = "cpu"
     (``bias_cache_bytes``) and each block's ``AttentionWeights`` (its bias vectors; where the head
     dim is padded, ``PAD_HEAD_DIM_ON``, padded copies of qkv and proj too)."""
     total = bias_cache_bytes(cfg, elem, masked=mask_in_bias(device))
-    pad = torch.device(device).type in PAD_HEAD_DIM_ON
+    padded_on = torch.device(device).type in PAD_HEAD_DIM_ON
     e = cfg.embed_dim
     for depth, heads in zip(cfg.depths, cfg.num_heads):
-        hp = e // heads + ((-(e // heads)) % 8 if pad else 0)
-        per_block = (3 * heads * hp if cfg.qkv_bias else 0) + e + (4 * heads * hp * e if pad else 0)
+        pad = (-(e // heads)) % 8 if padded_on else 0
+        hp = e // heads + pad
+        # q bias vector and folded proj bias (proj's own bias when there is no qkv bias), and
+        # padded weight copies only where a padding happens
+        per_block = (3 * heads * hp + e if cfg.qkv_bias else 0) + (4 * heads * hp * e if pad else 0)
         total += depth * elem * per_block
     return total
 
@@ -978,7 +981,8 @@ class LUA(LatentUpscaler):
                 blk.attn.inference_weights()
 
     def clear_caches(self) -> None:
-        """Drop what inference keeps (attention biases, folded heads, Winograd filters).
+        """Drop what inference keeps (attention biases, the attention weights and biases as
+        inference multiplies with them, folded heads, Winograd filters).
 
         They are rebuilt when the weights change in any way autograd sees, after ``.to()`` and
         after ``load_state_dict``; call this after writes it does not see (through ``.data``, or to
