@@ -195,8 +195,12 @@ def main() -> None:
     if cuda and not torch.cuda.is_available():
         sys.exit("no CUDA device: this script is for a GPU machine (or pass --device cpu for a dry run)")
     name = torch.cuda.get_device_name() if cuda else "cpu"
-    print(f"torch {torch.__version__}, {name}; cudnn.allow_tf32={torch.backends.cudnn.allow_tf32}, "
-          f"matmul.allow_tf32={torch.backends.cuda.matmul.allow_tf32}", flush=True)
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9; its legacy flags may refuse to be read
+        tf32 = f"matmul.fp32_precision={matmul.fp32_precision}, cudnn.conv.fp32_precision={cudnn.conv.fp32_precision}"
+    else:
+        tf32 = f"cudnn.allow_tf32={cudnn.allow_tf32}, matmul.allow_tf32={matmul.allow_tf32}"
+    print(f"torch {torch.__version__}, {name}; {tf32}", flush=True)
     sizes = [int(s) for s in a.sizes.split(",")]
     if cuda:
         section("1. SDPA kernels for window attention (bf16, head_dim padded in the weights)",

@@ -437,6 +437,19 @@ def test_a_model_used_for_inference_can_then_be_trained():
     assert all(g is not None for g in grads.values()) and all(g.abs().sum() > 0 for g in grads.values())
 
 
+def test_prepare_keeps_no_autograd_history():
+    """``prepare`` builds what inference keeps even when called with grad enabled, and what it keeps
+    holds no graph (it would pin the weights' autograd history in memory)."""
+    model = make_lua()
+    assert torch.is_grad_enabled() and all(p.requires_grad for p in model.parameters())
+    model.prepare()
+    for layer in model.layers:
+        for blk in layer.residual_group.blocks:
+            assert blk.bias_cache is not None and not blk.bias_cache.requires_grad
+            assert not any(t.requires_grad for t in blk.attn.inference_weights()[:4] if t is not None
+                           and t is not blk.attn.proj.weight and t is not blk.attn.qkv.weight)
+
+
 def test_overflow_is_reported_not_passed_on():
     model = make_lua()
     with torch.no_grad():

@@ -464,15 +464,17 @@ class WindowAttention(KeepsDerived):
         """
         b, nw, n, c = x.shape
         grad = torch.is_grad_enabled()
-        if workspace is not None and not grad and x.is_contiguous():
-            # the head dim may be padded here (inference_weights); the output is then wider than c
+        if workspace is not None and not grad:
+            # the head dim may be padded here (inference_weights); the output is then wider than c,
+            # as SwinBlock's output projection (kept.proj) expects
             kept = self.inference_weights()
             hd, c = kept.head_dim, kept.qkv.shape[0] // 3
             buf = workspace.get("qkv", (b * nw * n, 3 * c), x)
+            flat = x.reshape(-1, x.shape[-1])
             if kept.qkv_bias is not None and x.device.type in BIAS_IN_GEMM_ON:
-                qkv, qbias = torch.addmm(kept.qkv_bias, x.view(-1, x.shape[-1]), kept.qkv.t(), out=buf), None
+                qkv, qbias = torch.addmm(kept.qkv_bias, flat, kept.qkv.t(), out=buf), None
             else:
-                qkv = torch.mm(x.view(-1, x.shape[-1]), kept.qkv.t(), out=buf)
+                qkv = torch.mm(flat, kept.qkv.t(), out=buf)
                 qbias = None if kept.qkv_bias is None else kept.qkv_bias[:c]
         else:
             hd, qbias = self.head_dim, None if self.qkv.bias is None else self.qkv.bias[:c]
@@ -973,12 +975,13 @@ class LUA(LatentUpscaler):
 
     # -- kept derived values -------------------------------------------------------------------
     def prepare(self) -> None:
-        """Build the attention biases (and padded attention weights) inference keeps, otherwise
-        built by the first forward."""
-        for layer in self.layers:
-            for blk in layer.residual_group.blocks:
-                blk.region_biases()
-                blk.attn.inference_weights()
+        """Build the attention biases and weights inference keeps (otherwise built by the first
+        forward), without autograd history whatever the caller's grad mode."""
+        with torch.no_grad():
+            for layer in self.layers:
+                for blk in layer.residual_group.blocks:
+                    blk.region_biases()
+                    blk.attn.inference_weights()
 
     def clear_caches(self) -> None:
         """Drop what inference keeps (attention biases, the attention weights and biases as
