@@ -44,7 +44,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from .errors import DownloadError
-from .latent_formats import LATENT_SPACES
+from .latent_formats import LATENT_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]
 
 FAMILIES = ("lua", "city96", "nnlatentupscale", "lssgen")
-LATENT_FORMATS = tuple(LATENT_SPACES)  # flux, sd3, sdxl, sd15
 LIBRARY_NAME = "ComfyUI-LUA"
 USER_AGENT = f"{LIBRARY_NAME} (lua_core.hub; python-urllib)"
 DEFAULT_RETRIES = 2  # resumed attempts after an interrupted transfer

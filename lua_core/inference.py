@@ -15,11 +15,8 @@ import torch.nn.functional as F
 
 from .archs import LatentUpscaler, ScaleRange, describe_scales
 from .errors import LuaError
-from .latent_formats import LATENT_SPACES
+from .latent_formats import LATENT_FORMATS
 from .tiling import tiled_upscale
-
-#: ComfyUI latent format names a caller may pass for families that need one
-LATENT_FORMATS = tuple(LATENT_SPACES)
 
 
 def validate_latent(model: LatentUpscaler, latent: Any) -> None:

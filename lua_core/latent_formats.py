@@ -36,6 +36,8 @@ LATENT_SPACES: dict[str, LatentSpace] = {
     "sdxl": LatentSpace("sdxl", "SDXL", 4, 0.13025),
     "sd15": LatentSpace("sd15", "SD1.5", 4, 0.18215),
 }
+#: the latent format names a caller may pass (flux, sd3, sdxl, sd15)
+LATENT_FORMATS = tuple(LATENT_SPACES)
 # ComfyUI latent format class names -> our names
 _COMFY_CLASSES = {"Flux": "flux", "SD3": "sd3", "SDXL": "sdxl", "SD15": "sd15"}
 

@@ -133,10 +133,6 @@ def test_bias_cache_follows_the_table_and_the_device():
     assert (out64 - ref.double()).abs().max().item() <= 1e-5
 
 
-def _tail_modules(model):
-    return [m for m in model.modules() if hasattr(m, "clear_derived")]
-
-
 def test_writes_autograd_does_not_see_are_caught_or_cleared():
     """ComfyUI loads models under inference mode (inference tensors have no version counter) and
     its patcher writes through ``.data`` or replaces parameters: none of these may leave stale

@@ -11,7 +11,7 @@ the head's memory shrinks to about its output.
 Zero padding is the one place the fold differs: the chain pads every intermediate with zeros at the
 image edge, where the folded kernel sees its linear continuation instead. That only reaches the
 outermost input row and column on each side (every intermediate pads one pixel, at a resolution at
-least twice the input's), so ``FoldedTail`` recomputes that ring with the plain chain on thin strips.
+least twice the input's), so ``run_folded`` recomputes that ring with the plain chain on thin strips.
 The result equals the chain up to fp32 rounding (the folded kernel is built in float64, rounded once).
 """
 

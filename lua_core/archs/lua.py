@@ -353,6 +353,11 @@ class AttentionWeights(NamedTuple):
     head_dim: int  # padded where ``PAD_HEAD_DIM_ON``
 
 
+def head_dim_pad(head_dim: int, device: torch.device | str) -> int:
+    """Zero columns appended to each head on ``device`` so fused attention takes it (``PAD_HEAD_DIM_ON``)."""
+    return (-head_dim) % 8 if torch.device(device).type in PAD_HEAD_DIM_ON else 0
+
+
 def mask_in_bias(device: torch.device | str) -> bool:
     """Whether attention on ``device`` adds the shift mask (True) or splits by region (False)."""
     return torch.device(device).type in MASK_IN_BIAS_ON
@@ -367,7 +372,7 @@ def window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.T
     q @ k^T unchanged and come out as zero columns of the output, dropped again: exact.
     """
     hd = q.shape[-1]
-    pad = (-hd) % 8 if q.device.type in PAD_HEAD_DIM_ON else 0
+    pad = head_dim_pad(hd, q.device)
     if pad:
         q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
@@ -413,7 +418,7 @@ class WindowAttention(KeepsDerived):
         made. Exact: the zero columns add nothing to q @ k^T nor to the output.
         """
         w, c = self.qkv.weight, self.qkv.weight.shape[1]
-        pad = (-self.head_dim) % 8 if w.device.type in PAD_HEAD_DIM_ON else 0
+        pad = head_dim_pad(self.head_dim, w.device)
         heads, hd, hp = self.num_heads, self.head_dim, self.head_dim + pad
 
         def build() -> AttentionWeights:
@@ -809,10 +814,9 @@ def kept_bytes(cfg: LUAConfig, elem: int = 4, device: torch.device | str = "cpu"
     (``bias_cache_bytes``) and each block's ``AttentionWeights`` (its bias vectors; where the head
     dim is padded, ``PAD_HEAD_DIM_ON``, padded copies of qkv and proj too)."""
     total = bias_cache_bytes(cfg, elem, masked=mask_in_bias(device))
-    padded_on = torch.device(device).type in PAD_HEAD_DIM_ON
     e = cfg.embed_dim
     for depth, heads in zip(cfg.depths, cfg.num_heads):
-        pad = (-(e // heads)) % 8 if padded_on else 0
+        pad = head_dim_pad(e // heads, device)
         hp = e // heads + pad
         # q bias vector and folded proj bias (proj's own bias when there is no qkv bias), and
         # padded weight copies only where a padding happens
