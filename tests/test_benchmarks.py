@@ -1,0 +1,51 @@
+"""The hand-run benchmark scripts still run on the current code (tiny sizes, one repeat; no timing
+is checked: the numbers only mean something at full size on an idle machine).
+
+Why: they reach into lua_core's internals (flags, layouts, workspaces, plans) to time alternatives,
+and a rename would otherwise only show when someone next needs the numbers. Where a script reports
+how far an output is from the reference, that difference is checked too.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str) -> str:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
+                          text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_speed_benchmark_runs_and_matches_the_baseline() -> None:
+    out = run("lua_speed.py", "speed", "--device", "cpu", "--sizes", "16", "--repeat", "1")
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s+16\^2\s+x[24]\s", line)]
+    assert [r[1] for r in rows] == ["x2", "x4"], out
+    for r in rows:
+        assert float(r[-1]) < 1e-4, r  # max|diff| of ours against the baseline forward
+
+
+def test_cpu_alternatives_runs_every_section() -> None:
+    out = run("cpu_alternatives.py", "--size", "16", "--repeat", "1")
+    for title in ("plans: whole forward", "epilogue: whole forward", "epilogue: fc1 alone", "attention: one unshifted",
+                  "threads: whole forward"):
+        assert f"-- {title}" in out, out
+    diffs = [float(d) for d in re.findall(r"max diff ([0-9.e+-]+)", out)]
+    assert len(diffs) == 5 and max(diffs) < 1e-5, out  # four plans and the epilogue switch: same outputs
+
+
+def test_gpu_check_dry_run_on_cpu() -> None:
+    out = run("gpu_check.py", "--device", "cpu", "--sizes", "16", "--variant-size", "16", "--repeat", "1",
+              "--sections", "2,6")
+    variants = [line.split() for line in out.splitlines() if line.startswith("  ") and ("regions" in line or
+                                                                                      "mask-in-bias" in line
+                                                                                      or "default" in line)]
+    assert len(variants) == 6, out
+    assert all(float(v[-1]) < 1e-2 for v in variants), out  # bf16 against the bf16 baseline
+    assert out.count("max |diff| vs fp32 official") == 4, out
