@@ -363,16 +363,19 @@ def bench_pipeline(args) -> list[dict]:
 
 def bench_tiling(args) -> list[dict]:
     from lua_core import upscale_latent
+    from lua_core.tiling import tile_and_overlap
     model = released_model(args.device, torch.float32)
     rows = []
-    for size, tile in [(64, 32), (64, 48), (96, 48)]:
-        x = torch.randn(1, 16, size, size, device=args.device)
+    # square sides on the 16-pixel window grid, one off it, and FLUX's 1344x768 (168 = 10.5 windows)
+    for (h, w), tile in [((64, 64), 32), ((64, 64), 48), ((96, 96), 48), ((72, 72), 32), ((96, 168), 64)]:
+        x = torch.randn(1, 16, h, w, device=args.device)
         one = upscale_latent(model, x, 2)
         tiled = upscale_latent(model, x, 2, tile=tile)
         d = (tiled - one).abs()
-        rows.append(dict(size=size, tile=tile, max_abs=d.max().item(), mean_abs=d.mean().item(),
+        used, overlap = tile_and_overlap(tile, None, model.tile_align)
+        rows.append(dict(size=[h, w], tile=used, overlap=overlap, max_abs=d.max().item(), mean_abs=d.mean().item(),
                          out_std=one.std().item()))
-        print(f"latent {size}^2 tile {tile} (default overlap {tile // 4}): max |diff| {d.max():.3f}, "
+        print(f"latent {h}x{w} tile {used} (default overlap {overlap}): max |diff| {d.max():.3f}, "
               f"mean {d.mean():.4f}, output std {one.std():.3f}")
     return rows
 

@@ -15,7 +15,7 @@ import lua_core
 from factories import make_lua, tiny_config
 from lua_baseline import baseline_forward
 from lua_core.archs.lua import ForwardPlan, estimate_peak, plan_forward, reflect_pad
-from lua_core.tiling import tile_starts
+from lua_core.tiling import tile_spans, tiled_upscale
 
 
 @pytest.fixture(scope="module")
@@ -198,15 +198,42 @@ def test_tiles_are_deterministic_and_cover_everything(public16):
 
 
 @pytest.mark.parametrize("length,tile,overlap,align",
-                         [(100, 32, 8, 16), (48, 16, 8, 16), (33, 32, 8, 1), (7, 32, 8, 16)])
-def test_tile_starts_cover_with_overlap(length, tile, overlap, align):
-    starts = tile_starts(length, tile, overlap, align)
+                         [(100, 32, 8, 16), (48, 16, 8, 16), (33, 32, 8, 1), (7, 32, 8, 16), (168, 64, 16, 16),
+                          (50, 32, 16, 16), (40, 32, 16, 16), (97, 48, 12, 8)])
+def test_tile_spans_cover_with_overlap_on_the_window_grid(length, tile, overlap, align):
+    spans = tile_spans(length, tile, overlap, align)
     covered = set()
-    for s in starts:
-        covered |= set(range(s, min(length, s + tile)))
+    for a, b in spans:
+        covered |= set(range(a, b))
     assert covered == set(range(length))
-    assert starts == sorted(set(starts)) and starts[0] == 0
-    assert all(s % align == 0 for s in starts[:-1])
+    starts = [a for a, _ in spans]
+    assert starts == sorted(set(starts)) and starts[0] == 0 and spans[-1][1] == length
+    assert all(a % align == 0 for a in starts), spans  # the last tile too: its windows are the latent's
+    assert all(b - a == tile for a, b in spans[:-1])
+    assert min(tile, length) <= spans[-1][1] - spans[-1][0] < max(tile + align, length if len(spans) == 1 else 0) + 1
+    # the overlap asked for, or as much as the grid allows (tiled_upscale makes tiles >= 2 windows)
+    assert all(prev_end - a >= min(overlap, tile - align) for (_, prev_end), (a, _) in zip(spans, spans[1:]))
+
+
+def _window_means(align: int, scale: int):
+    """A stand-in upscaler that only looks inside aligned windows: each output pixel is the mean of
+    its window of the (reflect-padded, as LUA pads) input. Tiles give exactly its one-shot output
+    when, and only when, their windows are the whole latent's."""
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        p = reflect_pad(x, (-h) % align, (-w) % align)
+        m = F.avg_pool2d(p, align)
+        up = m.repeat_interleave(align * scale, dim=-2).repeat_interleave(align * scale, dim=-1)
+        return up[..., : h * scale, : w * scale]
+    return fn
+
+
+@pytest.mark.parametrize("h,w", [(44, 170), (37, 50), (60, 75), (21, 100)])
+def test_tiles_of_sides_off_the_window_grid_keep_the_windows(h, w):
+    fn = _window_means(8, 2)
+    x = torch.randn(1, 4, h, w, generator=torch.Generator().manual_seed(h * w))
+    tiled = tiled_upscale(fn, x, 2, tile=32, overlap=8, align=8)
+    assert (tiled - fn(x)).abs().max().item() < 1e-5
 
 
 # -- small and odd sizes ---------------------------------------------------------------------------

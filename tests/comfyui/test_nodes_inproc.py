@@ -10,6 +10,7 @@ fake hub of ``tests/hubserver.py``.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import subprocess
@@ -73,8 +74,9 @@ def progress_calls() -> Iterator[list[tuple[int, int]]]:
 
 
 def pack_module(lua_pack: ModuleType, name: str) -> ModuleType:
-    """A submodule of the pack as ComfyUI imported it (``<pack>.nodes.catalog``...)."""
-    return sys.modules[f"{lua_pack.__name__}.{name}"]
+    """A submodule of the pack as ComfyUI imported it (``<pack>.nodes.catalog``...), imported now if
+    nothing has yet (the nodes import some lazily: a test run alone must not depend on others)."""
+    return importlib.import_module(f"{lua_pack.__name__}.{name}")
 
 
 def place_lua(folder: Path, name: str = "lua_flux.pth", **config: Any) -> Path:
