@@ -126,7 +126,8 @@ def upscale_latent(model: LatentUpscaler, latent: torch.Tensor, scale: float, *,
     with torch.inference_mode():
         if tile is not None and tile < max(h, w):
             if run_scale != int(run_scale):
-                raise LuaError(f"tiling needs an integer scale; this {model.family} upscaler runs x{run_scale:g}")
+                raise LuaError(f"tiling needs an integer scale; this {model.family} upscaler runs x{run_scale:g}. "
+                               "Set tile to 0 (off), or pick an x2/x4 upscaler if the latent needs tiles")
             out = tiled_upscale(lambda part: run(part, None), x, int(run_scale), tile, overlap,
                                 align=getattr(model, "tile_align", 1), progress=progress)
         else:

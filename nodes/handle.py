@@ -103,8 +103,10 @@ def run_upscale(handle: LUAModelHandle, samples: torch.Tensor, scale: float, *,
     from ..lua_core import upscale_latent
     from ..lua_core.devices import is_out_of_memory
     from ..lua_core.errors import LuaError
+    from ..lua_core.inference import validate_latent
     from .memory import kept_memory, working_memory
 
+    validate_latent(handle.upscaler, samples)  # before loading anything (an empty batch would run nothing)
     if latent_format is None:
         latent_format = handle.latent_format
     upscaler = handle.upscaler

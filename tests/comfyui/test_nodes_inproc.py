@@ -426,6 +426,13 @@ def test_non_native_scale_and_errors(comfy_inproc: harness.InProcComfy, upscale_
     city = load(comfy_inproc, SDXL_X2)
     with pytest.raises(ValueError, match=r"^Latent Upscale \(LUA\): this city96 upscaler does x2, not x1.5"):
         upscale(comfy_inproc, {"samples": torch.randn(1, 4, 8, 8)}, city, scale=1.5)
+    city15 = load(comfy_inproc, value_for(comfy_inproc, place_city96(upscale_dir, conformance,
+                                                                     SDXL_X2.replace("2.0", "1.5")).name))
+    with pytest.raises(ValueError, match=r"^Latent Upscale \(LUA\): tiling needs an integer scale; this city96 "
+                                         r"upscaler runs x1.5\. Set tile to 0 \(off\)"):
+        upscale(comfy_inproc, {"samples": torch.randn(1, 4, 40, 40)}, city15, scale=1.5, tile=16)
+    with pytest.raises(ValueError, match=r"^Latent Upscale \(LUA\): latent is empty \(shape \(0, 16, 8, 8\)\)"):
+        upscale(comfy_inproc, {"samples": torch.randn(0, 16, 8, 8)}, lua)
 
 
 @pytest.mark.comfyui
