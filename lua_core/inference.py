@@ -69,8 +69,12 @@ def plan_scale(model: LatentUpscaler, scale: float) -> tuple[float, bool]:
     if any(math.isclose(scale, s, rel_tol=0, abs_tol=1e-6) for s in scales):
         return float(min(scales, key=lambda s: abs(s - scale))), False
     above = [s for s in scales if s > scale]
-    if getattr(model, "resample_to_any_scale", False) and above and scale >= 1.0:
-        return min(above), True
+    if getattr(model, "resample_to_any_scale", False):
+        if above and scale >= 1.0:
+            return min(above), True
+        top = max(scales)
+        raise LuaError(f"this {model.family} upscaler does any scale from 1 to {top:g} ({describe_scales(scales)} "
+                       f"exactly), not x{scale:g}: upscale by x{top:g} or less, then upscale again if you need more")
     raise LuaError(f"this {model.family} upscaler does {describe_scales(scales)}, not x{scale:g}")
 
 
@@ -104,7 +108,11 @@ def upscale_latent(model: LatentUpscaler, latent: torch.Tensor, scale: float, *,
         raise LuaError(f"scale must be a number, got {scale!r}") from None
     if not math.isfinite(scale) or scale < 1.0:
         raise LuaError(f"scale must be a finite number >= 1, got {scale!r}")
-    if tile is not None and (not isinstance(tile, int) or tile < 1):
+    if max_memory is not None and (isinstance(max_memory, bool) or not isinstance(max_memory, (int, float))
+                                   or not math.isfinite(max_memory) or max_memory <= 0):
+        raise LuaError(f"max_memory must be a positive number of bytes (or None: the device's free memory), "
+                       f"got {max_memory!r}")
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
         raise LuaError(f"tile must be a positive number of latent pixels, got {tile!r}")
     if overlap is not None and (not isinstance(overlap, int) or overlap < 0
                                 or (tile is not None and overlap >= tile)):

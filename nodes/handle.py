@@ -144,7 +144,7 @@ def run_upscale(handle: LUAModelHandle, samples: torch.Tensor, scale: float, *,
         part = samples[start:start + count].to(device)
         try:
             out = upscale_latent(upscaler, part, scale, latent_format=latent_format,
-                                 max_memory=int(mm.get_free_memory(device) * MEMORY_SHARE), tile=tile,
+                                 max_memory=max(1, int(mm.get_free_memory(device) * MEMORY_SHARE)), tile=tile,
                                  overlap=overlap, progress=report(start, count))
         except LuaError:
             if oom is not None:  # e.g. tiles need an integer scale: report the memory problem instead

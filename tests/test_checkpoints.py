@@ -67,6 +67,24 @@ def test_config_inferred_from_shapes(tmp_path, overrides):
         assert torch.allclose(lua_core.upscale_latent(model, x, h.scale), lua_core.upscale_latent(loaded, x, h.scale))
 
 
+def test_shrunk_window_checkpoint_warns_that_its_padding_is_a_guess(tmp_path, caplog):
+    """img_size <= window_size: the official model runs windows of img_size but pads to window_size,
+    which the weights do not hold. The load says so (outputs then differ near the edges of sides that
+    are not multiples of the real window_size); the same model saved with its config is exact."""
+    model = make_lua(tiny_config(window_size=8, img_size=4))
+    with caplog.at_level("WARNING", logger="lua_core.archs.lua"):
+        guessed = lua_core.load_model(save_official_pth(model, tmp_path / "shrunk.pth"))
+    assert guessed.config.window_size == 4
+    assert any("img_size <= window_size" in r.getMessage() and "save the model with its config" in r.getMessage()
+               for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="lua_core.archs.lua"):
+        exact = lua_core.load_model(lua_core.save_model(model, tmp_path / "shrunk.safetensors"))
+        lua_core.load_model(save_official_pth(make_lua(), tmp_path / "normal.pth"))
+    assert not caplog.records
+    _same_outputs(model, exact, torch.randn(1, 16, 9, 9))
+
+
 def test_save_writes_config_json_in_metadata(tmp_path):
     model = make_lua()
     path = lua_core.save_model(model, tmp_path / "m.safetensors")

@@ -41,10 +41,26 @@ def test_bad_latents_raise_value_error(bad, match):
         lua_core.upscale_latent(make_lua(), bad, 2)
 
 
-@pytest.mark.parametrize("scale,match", [(5, "x2, x4"), (0.5, ">= 1"), (float("nan"), ">= 1"), ("big", "number")])
+@pytest.mark.parametrize("scale,match", [(5, r"any scale from 1 to 4 \(x2, x4 exactly\), not x5: upscale by x4 or"),
+                                         (4.5, "not x4.5"), (0.5, ">= 1"), (float("nan"), ">= 1"), ("big", "number")])
 def test_bad_scales_raise_value_error(scale, match):
     with pytest.raises(ValueError, match=match):
         lua_core.upscale_latent(make_lua(), torch.randn(1, 16, 8, 8), scale)
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(max_memory=0), "max_memory must be a positive number of bytes"),
+    (dict(max_memory=-5), "got -5"),
+    (dict(max_memory=float("nan")), "got nan"),
+    (dict(max_memory="1GB"), "got '1GB'"),
+    (dict(max_memory=True), "max_memory"),
+    (dict(tile=True), "tile must be a positive number"),
+    (dict(tile=0), "tile must be"),
+    (dict(tile=32, overlap=32), "overlap must"),
+])
+def test_bad_options_raise_value_error(options, match):
+    with pytest.raises(ValueError, match=match):
+        lua_core.upscale_latent(make_lua(), torch.randn(1, 16, 8, 8), 2, **options)
 
 
 def test_channel_mismatch_names_the_families():

@@ -28,6 +28,7 @@ module trains (see ``lua_core.train``).
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -41,6 +42,8 @@ from torch import nn
 from . import folded_head, winograd
 from .base import LatentUpscaler, StateDict, load_exact
 from .derived import Derived, KeepsDerived
+
+_log = logging.getLogger(__name__)
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # SwinIR's input mean, used only when in_chans == 3
 
@@ -1127,6 +1130,10 @@ def infer_config(sd: StateDict) -> LUAConfig:
         img_size = math.isqrt(sd[mask_key].shape[0]) * ws
     elif not shifted:  # index buffers stored but no mask: the img_size <= window_size shortcut
         img_size = ws
+        _log.warning("this LUA checkpoint was built with img_size <= window_size (windows of %d): its "
+                     "window_size, which sets the input padding, is not in the weights and is taken as %d. If "
+                     "it was larger, outputs differ near the bottom/right edges of latents whose sides are not "
+                     "multiples of it; save the model with its config (lua_core.save_model) to be exact", ws, ws)
     head_names = sorted({k.split(".")[1] for k in sd if k.startswith("heads.")})
     head_cfgs = []
     head_nf = None

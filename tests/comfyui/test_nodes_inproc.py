@@ -601,6 +601,22 @@ def test_out_of_memory_falls_back_to_smaller_batches_then_tiles(comfy_inproc: ha
 
 
 @pytest.mark.comfyui
+def test_upscale_runs_when_comfyui_reports_no_free_memory(comfy_inproc: harness.InProcComfy, upscale_dir: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device reported full still gets the smallest exact plan (max_memory is at least one byte:
+    lua_core refuses zero), not an error."""
+    import comfy.model_management as mm
+
+    place_lua(upscale_dir)
+    handle = load(comfy_inproc)
+    latent = torch.randn(1, 16, 12, 20)
+    ref = upscale(comfy_inproc, {"samples": latent}, handle)["samples"]
+    monkeypatch.setattr(mm, "get_free_memory", lambda *a, **k: 0)
+    out = upscale(comfy_inproc, {"samples": latent}, handle)["samples"]
+    assert (out - ref).abs().max().item() <= 1e-5
+
+
+@pytest.mark.comfyui
 def test_memory_estimate_grows_with_the_work(lua_pack: ModuleType) -> None:
     memory = pack_module(lua_pack, "nodes.memory")
     loading = pack_module(lua_pack, "lua_core.loading")
