@@ -118,7 +118,7 @@ def upscale_latent(model: LatentUpscaler, latent: torch.Tensor, scale: float, *,
                                 or (tile is not None and overlap >= tile)):
         raise LuaError(f"overlap must be a whole number of latent pixels from 0 to tile - 1, got {overlap!r}")
     if scale == 1.0:  # nothing to add: every family returns its input at x1 (NNLatentUpscale does too)
-        return latent.clone()
+        return latent.detach().clone()
     run_scale, needs_resample = plan_scale(model, scale)
     h, w = latent.shape[-2:]
     target = output_size(h, w, scale)

@@ -63,6 +63,18 @@ def test_bad_options_raise_value_error(options, match):
         lua_core.upscale_latent(make_lua(), torch.randn(1, 16, 8, 8), 2, **options)
 
 
+@pytest.mark.parametrize("scale", [1.0, 1.5, 2.0])
+def test_results_are_plain_tensors_at_every_scale(scale):
+    """A latent that requires grad gives a result without autograd history at x1 too (the network
+    paths run in inference mode; x1 returns a copy)."""
+    x = torch.randn(1, 16, 8, 8, requires_grad=True)
+    before = x.detach().clone()
+    y = lua_core.upscale_latent(make_lua(), x, scale)
+    assert not y.requires_grad and y.grad_fn is None
+    y.add_(1)  # usable in place outside inference mode, and the input is untouched
+    assert torch.equal(x.detach(), before)
+
+
 def test_channel_mismatch_names_the_families():
     with pytest.raises(ValueError) as e:
         lua_core.upscale_latent(make_lua(), torch.randn(1, 4, 8, 8), 2)
