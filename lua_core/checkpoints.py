@@ -114,6 +114,12 @@ def _read_pickle(p: Path, head: bytes) -> Checkpoint:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported operand" in str(e) or not head.startswith((b"\x80", b"PK")):
+            # not a pickle at all (torch's files are a zip or start with a pickle protocol byte): e.g.
+            # an error page saved by a failed download
+            page = "; it looks like a web page (a failed download?)" if head.lstrip()[:1] == b"<" else ""
+            raise CheckpointError(p, f"was not loaded: it is not a PyTorch checkpoint ({_unsafe_global(e)}){page}.",
+                                  "Delete it and download it again.") from None
         raise CheckpointError(
             p, "was refused: it contains pickled Python objects other than tensors, which could run "
             f"code when loaded ({_unsafe_global(e)}). Nothing in it was executed.",
@@ -127,8 +133,10 @@ def _read_pickle(p: Path, head: bytes) -> Checkpoint:
             raise CheckpointError(p, "is truncated or not a PyTorch checkpoint (its zip container is "
                                   "broken).", "Delete it and download it again.") from None
         raise CheckpointError(p, f"could not be read: {_first_line(e)}") from None
-    except Exception as e:  # torch raises assorted types for non-checkpoint bytes
-        raise CheckpointError(p, f"is not a PyTorch checkpoint ({type(e).__name__}: {_first_line(e)}).") from None
+    except Exception as e:  # torch raises assorted types for non-checkpoint bytes (a cut zip: OSError)
+        what = "is truncated or corrupt" if head.startswith(b"PK") else "is not a PyTorch checkpoint"
+        raise CheckpointError(p, f"{what} ({type(e).__name__}: {_first_line(e)}).",
+                              "Delete it and download it again.") from None
     return Checkpoint(p, unwrap_state_dict(obj, p))
 
 
@@ -199,7 +207,10 @@ def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
     try:
-        save_file(tensors, str(tmp), metadata=meta)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except SafetensorError as e:  # safetensors reports I/O failures (read-only folder, full disk) as its own
+            raise OSError(f"cannot write {tmp}: {_first_line(e)}") from e
         os.replace(tmp, p)
     finally:
         if tmp.exists():

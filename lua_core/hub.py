@@ -577,6 +577,12 @@ def _hf_error(entry: KnownCheckpoint, f: RemoteFile, e: BaseException, url: str,
         what = "timed out" if isinstance(e, requests.exceptions.Timeout) else "could not connect"
         return DownloadError(f"{key}: {what} reaching {endpoint} for {url} ({_first_line(e)}). Check the network, "
                              f"proxy or HF_ENDPOINT, {by_hand}.")
+    # requests' errors are OSErrors too: they must not read as a disk problem
+    if isinstance(e, requests.exceptions.HTTPError):
+        return DownloadError(f"{key}: the hub answered HTTP {_status(e)} for {url}. Try again later, {by_hand}.")
+    if isinstance(e, requests.exceptions.RequestException):
+        return DownloadError(f"{key}: could not download {url} ({type(e).__name__}: {_first_line(e)}). Check the "
+                             f"network, proxy or HF_ENDPOINT (a full URL such as https://huggingface.co), {by_hand}.")
     if isinstance(e, OSError):
         return DownloadError(f"{key}: cannot write {f.local} into {dest}: {_first_line(e)}")
     return DownloadError(f"{key}: downloading {url} failed ({type(e).__name__}: {_first_line(e)}).")

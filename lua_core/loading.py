@@ -16,6 +16,7 @@ import torch
 
 from .archs import FAMILIES, LatentUpscaler, detect_family, family_by_name
 from .checkpoints import (
+    META_SOURCE,
     PICKLE_SUFFIXES,
     Checkpoint,
     converted_path,
@@ -100,8 +101,10 @@ def ensure_safetensors(src: str | os.PathLike) -> Path:
     """The safetensors version of a pickle checkpoint, converting it once and reusing it after.
 
     Safetensors files and folders are returned unchanged. If a same-named .safetensors exists that
-    was not converted from this file, or the folder is read-only, the pickle itself is returned
-    (it still loads with weights_only=True).
+    was not converted from this file (the user's own file, or the conversion of a same-stem
+    ``.pt`` beside a ``.pth``), it is left alone; if the conversion cannot be written (read-only
+    folder, full disk) nothing is written. In both cases the pickle itself is returned (it still
+    loads with weights_only=True). A conversion of this file made before it changed is redone.
     """
     src = Path(src)
     if src.is_dir() or src.suffix.lower() not in PICKLE_SUFFIXES:
@@ -109,11 +112,11 @@ def ensure_safetensors(src: str | os.PathLike) -> Path:
     dst = converted_path(src)
     if is_current_conversion(src, dst):
         return dst
-    if dst.exists() and "converted_from" not in read_metadata(dst):
+    if dst.exists() and read_metadata(dst).get(META_SOURCE) != src.name:
         log.warning("%s exists and was not converted from %s; loading the pickle directly", dst, src.name)
         return src
     try:
         return convert_checkpoint(src, dst)
-    except PermissionError:
-        log.warning("cannot write %s; loading %s directly", dst, src.name)
+    except OSError as e:
+        log.warning("cannot write %s (%s); loading %s directly", dst, e, src.name)
         return src

@@ -125,6 +125,46 @@ def test_convert_does_not_clobber_a_foreign_safetensors(tmp_path):
     assert list(read_metadata(foreign)) == []  # untouched
 
 
+def test_convert_leaves_a_conversion_of_another_file_alone(tmp_path):
+    """A user's own conversion under the same stem, and the conversion of a same-stem .pt beside a
+    .pth, are not overwritten: the pickle is loaded directly instead."""
+    mine = lua_core.convert_checkpoint(save_official_pth(make_lua(seed=1), tmp_path / "finetuned.pth"),
+                                       tmp_path / "lua_flux.safetensors")
+    before = mine.read_bytes()
+    src = save_official_pth(make_lua(seed=2), tmp_path / "lua_flux.pth")
+    assert lua_core.ensure_safetensors(src) == src
+    assert mine.read_bytes() == before
+    _same_outputs(make_lua(seed=2), lua_core.load_model(src))
+    a_pth = save_official_pth(make_lua(seed=3), tmp_path / "A.pth")
+    a_pt = save_official_pth(make_lua(seed=4), tmp_path / "A.pt")
+    converted = lua_core.ensure_safetensors(a_pth)
+    stamp = converted.read_bytes()
+    assert lua_core.ensure_safetensors(a_pt) == a_pt and converted.read_bytes() == stamp
+    assert lua_core.ensure_safetensors(a_pth) == converted and converted.read_bytes() == stamp
+    _same_outputs(make_lua(seed=4), lua_core.load_model(a_pt))
+
+
+def test_unwritable_folder_keeps_the_pickle(tmp_path, monkeypatch, caplog):
+    """safetensors reports a failed write (read-only folder, full disk) as its own SafetensorError;
+    the conversion is skipped with a warning and nothing half-written is left."""
+    from safetensors import SafetensorError
+
+    import lua_core.checkpoints as checkpoints
+
+    def refuse(*_a, **_k):
+        raise SafetensorError("Error while serializing: I/O error: Permission denied (os error 13)")
+
+    src = save_official_pth(make_lua(), tmp_path / "lua_flux.pth")
+    monkeypatch.setattr(checkpoints, "save_file", refuse)
+    with caplog.at_level("WARNING"):
+        assert lua_core.ensure_safetensors(src) == src
+    _same_outputs(make_lua(), lua_core.load_model(src))
+    assert any("cannot write" in r.getMessage() and "Permission denied" in r.getMessage() for r in caplog.records)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lua_flux.pth"]
+    with pytest.raises(OSError, match="cannot write .*Permission denied"):
+        lua_core.convert_checkpoint(src)
+
+
 # -- bad files -------------------------------------------------------------------------------------
 
 def test_truncated_safetensors(tmp_path):
@@ -148,6 +188,29 @@ def test_truncated_pth(tmp_path):
     with pytest.raises(lua_core.CheckpointError, match="truncated") as e:
         lua_core.load_model(p)
     assert str(p) in str(e.value)
+
+
+def test_a_pth_cut_anywhere_says_to_download_it_again(tmp_path):
+    """Wherever a download stops, the error names the file and the fix (torch raises EOFError,
+    BadZipFile, RuntimeError or a bare OSError depending on where the zip is cut)."""
+    good = save_official_pth(make_lua(), tmp_path / "good.pth").read_bytes()
+    p = tmp_path / "partial.pth"
+    for cut in range(64, len(good), max(1, len(good) // 150)):
+        p.write_bytes(good[:cut])
+        with pytest.raises(lua_core.CheckpointError) as e:
+            lua_core.load_model(p)
+        msg = str(e.value)
+        assert str(p) in msg and "download it again" in msg and "could run code" not in msg, (cut, msg)
+
+
+def test_a_web_page_saved_as_pth_is_not_called_unsafe(tmp_path):
+    p = tmp_path / "lua_flux.pth"
+    p.write_bytes(b"<!DOCTYPE html><html><body>Rate limit exceeded</body></html>\n")
+    with pytest.raises(lua_core.CheckpointError) as e:
+        lua_core.load_model(p)
+    msg = str(e.value)
+    assert "not a PyTorch checkpoint" in msg and "web page" in msg and "download it again" in msg, msg
+    assert "could run code" not in msg
 
 
 def test_not_a_checkpoint(tmp_path):

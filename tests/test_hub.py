@@ -308,6 +308,34 @@ def test_unreachable_hub_fails_fast_with_the_url(monkeypatch, tmp_path):
     assert "HF_ENDPOINT" in msg and "by hand" in msg
 
 
+def test_hf_endpoint_without_scheme_is_named_not_called_a_disk_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_ENDPOINT", "hf-mirror.invalid")  # a common slip: no https://
+    with pytest.raises(DownloadError) as err:
+        fetch(find_known("lua-flux"), tmp_path)
+    msg = str(err.value)
+    assert "HF_ENDPOINT" in msg and "https://" in msg and "cannot write" not in msg, msg
+    assert not list(tmp_path.glob("lua_flux*"))
+
+
+def test_server_errors_on_the_file_read_as_server_errors(tmp_path):
+    """A 5xx on the file's GET (after a good HEAD) surfaces as requests' HTTPError, an OSError:
+    the message names the HTTP status, not a write failure (the library's own retries take ~23 s,
+    so the translation is checked directly)."""
+    import requests
+
+    from lua_core.hub import _hf_error
+
+    lua = find_known("lua-flux")
+    resp = requests.Response()
+    resp.status_code = 503
+    e = requests.exceptions.HTTPError("503 Server Error: Service Unavailable", response=resp)
+    msg = str(_hf_error(lua, lua.files[0], e, "https://hub/x", tmp_path, "https://hub"))
+    assert "HTTP 503" in msg and "Try again later" in msg and "cannot write" not in msg, msg
+    disk = str(_hf_error(lua, lua.files[0], OSError(28, "No space left on device"), "https://hub/x", tmp_path,
+                         "https://hub"))
+    assert "cannot write" in disk and "No space left" in disk
+
+
 def test_offline_with_a_local_copy_sends_no_request(hub, lua_blob, lua_ckpt, tmp_path, monkeypatch):
     (tmp_path / LUA_FILE).write_bytes(lua_ckpt[0])  # e.g. copied by hand; never converted yet
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
