@@ -118,8 +118,8 @@ class ProgressiveSampler(io.ComfyNode):
                 stage_steps=stage_steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler,
                 strength=strength, upscale_method=upscale_method, flux_shift_per_stage=flux_shift_per_stage,
                 max_shift=max_shift, base_shift=base_shift, upscale_model=upscale_model)
-        except LuaError as e:  # the upscaler's user-facing errors (e.g. a scale it cannot do)
-            raise ValueError(f"LUA Progressive Sampler: {e}") from None
+        except (LuaError, ValueError) as e:  # the plan's and the upscaler's user-facing errors
+            raise _named("LUA Progressive Sampler", e) from None
         return io.NodeOutput(final, stage_outputs)
 
 
@@ -173,10 +173,19 @@ class ReNoiseLatent(io.ComfyNode):
     @classmethod
     def execute(cls, samples: dict, model: Any, seed: int, strength: float, steps: int, sampler_name: str,
                 scheduler: str, sigma: float) -> io.NodeOutput:
-        noisy, total, start, start_sigma, sigmas = renoise_latent(model, samples, seed=seed, strength=strength,
-                                                                  steps=steps, sampler_name=sampler_name,
-                                                                  scheduler=scheduler, sigma=sigma)
+        try:
+            noisy, total, start, start_sigma, sigmas = renoise_latent(
+                model, samples, seed=seed, strength=strength, steps=steps, sampler_name=sampler_name,
+                scheduler=scheduler, sigma=sigma)
+        except ValueError as e:
+            raise _named("LUA Re-Noise Latent", e) from None
         return io.NodeOutput(noisy, total, start, start_sigma, sigmas)
+
+
+def _named(node: str, e: Exception) -> ValueError:
+    """The error as the user sees it: prefixed with the node's display name (once)."""
+    text = str(e)
+    return ValueError(text if text.startswith(f"{node}:") else f"{node}: {text}")
 
 
 NODES: list[type] = [ProgressiveSampler, ReNoiseLatent]

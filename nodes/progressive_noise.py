@@ -112,6 +112,6 @@ def renoise(model: Any, samples: torch.Tensor, sigma: float, noise: torch.Tensor
     stored = latent_format.process_out(sampling.inverse_noise_scaling(sig, noisy))
     if not bool(torch.isfinite(stored).all()):
         raise ValueError(f"sigma {sigma:g} is pure noise for this model (a flow model at sigma 1 keeps nothing "
-                         "of the latent) and cannot be stored as a noisy LATENT: use a strength below 1.0, "
-                         "or an empty latent with add_noise enabled")
+                         "of the latent) and cannot be stored as a noisy LATENT: use a strength below 1.0 (or a "
+                         "sigma below 1), or an empty latent with add_noise enabled")
     return stored

@@ -59,16 +59,18 @@ def split_steps(total: int, stages: int) -> list[int]:
     if stages < 1:
         raise ValueError(f"stages must be at least 1, got {stages}")
     if total < stages:
-        raise ValueError(f"{total} steps cannot be split over {stages} stages: each stage needs at least one")
+        raise ValueError(f"{total} steps cannot be split over {stages} stages: each stage needs at least one. "
+                         f"Raise steps to at least {stages} or lower stages")
     weights = [2.0 ** -k for k in range(stages)]
     ideal = [total * w / sum(weights) for w in weights]
     steps = [int(math.floor(x)) for x in ideal]
     by_remainder = sorted(range(stages), key=lambda k: (-(ideal[k] - steps[k]), k))
     for k in by_remainder[: total - sum(steps)]:
         steps[k] += 1
-    for k in range(stages):  # a late stage rounded to 0 takes a step from the largest one
-        if steps[k] == 0:
-            steps[steps.index(max(steps))] -= 1
+    for k in range(stages):  # a late stage rounded to 0 takes a step from the largest one (the last of
+        if steps[k] == 0:    # equals, so the counts stay non-increasing: 6 over 5 -> [2, 1, 1, 1, 1])
+            top = max(steps)
+            steps[max(i for i, n in enumerate(steps) if n == top)] -= 1
             steps[k] = 1
     return steps
 
@@ -84,7 +86,8 @@ def parse_stage_steps(text: str, stages: int) -> list[int] | None:
         raise ValueError(f"stage_steps must be whole numbers separated by commas (e.g. '20,10'), "
                          f"got {text!r}") from None
     if len(steps) != stages:
-        raise ValueError(f"stage_steps gives {len(steps)} step counts ({text!r}) for {stages} stages")
+        raise ValueError(f"stage_steps gives {len(steps)} step counts ({text!r}) for {stages} stages: give one "
+                         "count per stage, or leave stage_steps empty to split steps automatically")
     if any(n < 1 for n in steps):
         raise ValueError(f"every stage needs at least one step, got {text!r}")
     return steps

@@ -53,17 +53,43 @@ def upscale_stage(samples: torch.Tensor, size: tuple[int, int], scale: float, *,
     return out
 
 
-def check_upscaler(upscale_model: LUAModelHandle | None, channels: int) -> None:
-    """Refuse a channel mismatch before any sampling, not after the first stage's work."""
-    if upscale_model is not None and upscale_model.latent_channels != channels:
+def check_upscaler(upscale_model: LUAModelHandle | None, channels: int, scale: float = 2.0,
+                   stages: int = 2) -> None:
+    """Refuse a channel mismatch or a scale the upscaler cannot do before any sampling, not after
+    the first stage's work (the upscaler only runs between stages)."""
+    if upscale_model is None or stages < 2:
+        return
+    if upscale_model.latent_channels != channels:
         fits = families_with_channels(upscale_model.latent_channels) or f"{upscale_model.latent_channels}-channel"
         have = families_with_channels(channels) or f"{channels}-channel"
         raise ValueError(f"LUA Progressive Sampler: the upscaler {upscale_model.describe()} takes {fits} latents, "
                          f"but this MODEL's latents have {channels} channels ({have}). Load an upscaler for "
                          "this model, or leave upscale_model unconnected to interpolate.")
+    from ..lua_core.errors import LuaError
+    from ..lua_core.inference import plan_scale
+    try:
+        plan_scale(upscale_model.upscaler, float(scale))
+    except LuaError as e:
+        raise ValueError(f"LUA Progressive Sampler: scale {scale:g} between stages: {e}. Set scale to one it "
+                         "does, or leave upscale_model unconnected to interpolate.") from None
 
 
-def _step_callback(model: Any, pbar: Any, offset: int, total: int) -> Any:
+class _Bar:
+    """One ComfyUI progress bar over all stages that only moves forward: adaptive samplers such as
+    dpm_adaptive call back more (or fewer) times than a stage has steps, so a stage's callbacks are
+    kept inside its own steps and each finished stage fills up to its end."""
+
+    def __init__(self, total: int):
+        import comfy.utils
+        self.bar, self.total, self.shown = comfy.utils.ProgressBar(total), total, 0
+
+    def show(self, value: int, preview: Any = None) -> None:
+        if value > self.shown:
+            self.shown = value
+            self.bar.update_absolute(value, self.total, preview)
+
+
+def _step_callback(model: Any, bar: _Bar, offset: int, steps: int) -> Any:
     """Per-step callback: the overall progress bar (with ComfyUI's latent preview) and a cancel check."""
     import comfy.model_management
     import latent_preview
@@ -71,7 +97,7 @@ def _step_callback(model: Any, pbar: Any, offset: int, total: int) -> Any:
 
     def callback(step: int, x0: torch.Tensor, x: torch.Tensor, stage_total: int) -> None:
         preview = previewer.decode_latent_to_preview_image("JPEG", x0) if previewer else None
-        pbar.update_absolute(offset + step + 1, total, preview)
+        bar.show(offset + min(step + 1, steps), preview)
         comfy.model_management.throw_exception_if_processing_interrupted()
 
     return callback
@@ -83,19 +109,20 @@ def run_progressive(model: Any, positive: Any, negative: Any, latent: dict, *, s
                     max_shift: float = FLUX_MAX_SHIFT, base_shift: float = FLUX_BASE_SHIFT,
                     upscale_model: LUAModelHandle | None = None) -> tuple[dict, list[dict]]:
     """The sampler node's work: (final LATENT, every stage's denoised LATENT)."""
+    import comfy.model_management
     import comfy.sample
     import comfy.utils
 
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     if samples.ndim != 4:
         raise ValueError(f"the progressive sampler takes image latents [B, C, H, W], got shape {tuple(samples.shape)}")
-    check_upscaler(upscale_model, samples.shape[1])
+    check_upscaler(upscale_model, samples.shape[1], scale, stages)
     plan = plan_stages(samples.shape[-2], samples.shape[-1], stages=stages, scale=scale, steps=steps,
                        stage_steps=stage_steps, strength=strength)
     flux = flux_shift_per_stage and uses_flux_shift(model)
     batch_index = latent.get("batch_index")
     total = sum(stage.steps for stage in plan)
-    pbar = comfy.utils.ProgressBar(total)
+    bar = _Bar(total)
     disable_pbar = not comfy.utils.PROGRESS_BAR_ENABLED
     outputs: list[dict] = []
     done = 0
@@ -103,18 +130,22 @@ def run_progressive(model: Any, positive: Any, negative: Any, latent: dict, *, s
         if stage.index > 0:
             samples = upscale_stage(samples, (stage.height, stage.width), scale, model=model,
                                     upscale_model=upscale_model, interpolation=upscale_method)
+            # a cancel during an upscaler that reports no progress (and so checks for none) stops here,
+            # not after the next, larger stage's first step
+            comfy.model_management.throw_exception_if_processing_interrupted()
         stage_model, shift = model, None
         if flux:
             stage_model, shift = with_flux_shift(model, stage.height, stage.width, max_shift, base_shift)
         sigmas = stage_sigmas(stage_model, stage.steps, stage.denoise, sampler_name, scheduler)
         _log_stage(stage, sigmas, shift)
         noise = comfy.sample.prepare_noise(samples, stage_seed(seed, stage.index), batch_index)
-        callback = _step_callback(stage_model, pbar, done, total)
+        callback = _step_callback(stage_model, bar, done, stage.steps)
         samples = comfy.sample.sample(stage_model, noise, stage.steps, cfg, sampler_name, scheduler, positive,
                                       negative, samples, denoise=stage.denoise, noise_mask=latent.get("noise_mask"),
                                       sigmas=sigmas, callback=callback, disable_pbar=disable_pbar,
                                       seed=stage_seed(seed, stage.index))
         done += stage.steps
+        bar.show(done)
         outputs.append(_latent_like(latent, samples, keep_mask=False))
     return _latent_like(latent, samples, keep_mask=True), outputs
 
@@ -137,8 +168,21 @@ def renoise_latent(model: Any, latent: dict, *, seed: int, strength: float, step
     import comfy.sample
     if strength <= 0.0 and sigma <= 0.0:
         raise ValueError("strength 0 adds no noise and leaves nothing to sample: use a strength above 0")
+    if latent.get("noise_mask") is not None:
+        # KSamplerAdvanced (add_noise disabled) would keep the unmasked area as this node's output,
+        # i.e. noisy: only the one-node sampler adds the matching noise to the kept area per step
+        raise ValueError("the latent has a noise_mask: after a re-noise, KSamplerAdvanced with add_noise disabled "
+                         "would leave the unmasked area noisy. Use LUA Progressive Sampler (it keeps masks like "
+                         "KSampler), or apply the mask after sampling (e.g. a latent composite)")
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     if sigma > 0.0:
+        import comfy.model_sampling
+        sampling = model.get_model_object("model_sampling")
+        top = float(sampling.sigma_max)
+        if isinstance(sampling, comfy.model_sampling.CONST) and sigma > top * (1 + 1e-6):
+            # flow models mix sigma * noise + (1 - sigma) * x: above their largest sigma x gets a negative weight
+            raise ValueError(f"sigma {sigma:g} is above this flow model's noise range (0 to {top:g}): set sigma to "
+                             f"at most {top:g}, or to 0 to use strength")
         full = schedule(model, steps, sampler_name, scheduler)
         start = next(i for i, s in enumerate(full.tolist()) if s <= sigma or i == len(full) - 1)
         total = steps

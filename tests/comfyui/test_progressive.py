@@ -151,10 +151,11 @@ def test_step_split_and_sizes(pack: Pack) -> None:
     assert plan.split_steps(30, 3) == [17, 9, 4]
     assert plan.split_steps(30, 4) == [16, 8, 4, 2]
     assert plan.split_steps(4, 4) == [1, 1, 1, 1]
-    for total in range(3, 60):
-        split = plan.split_steps(total, 3)
-        assert sum(split) == total and min(split) >= 1 and split == sorted(split, reverse=True)
-    with pytest.raises(ValueError, match="at least one"):
+    for stages in range(1, 9):
+        for total in range(stages, 60):
+            split = plan.split_steps(total, stages)
+            assert sum(split) == total and min(split) >= 1 and split == sorted(split, reverse=True), (total, split)
+    with pytest.raises(ValueError, match="at least one. Raise steps to at least 3 or lower stages"):
         plan.split_steps(2, 3)
     assert plan.parse_stage_steps(" 20, 10 ", 2) == [20, 10]
     assert plan.parse_stage_steps("", 2) is None
@@ -272,6 +273,22 @@ def test_one_progress_bar_over_all_stages(comfy_inproc: harness.InProcComfy, pac
     assert updates == [(n, 9) for n in range(1, 10)]  # 4 + 3 + 2 steps, one bar
 
 
+def test_progress_never_goes_back_with_an_adaptive_sampler(comfy_inproc: harness.InProcComfy, pack: Pack) -> None:
+    """dpm_adaptive calls back more often than a stage has steps: the bar stays within the stage."""
+    import comfy.utils
+
+    updates: list[int] = []
+    previous = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, **kw: updates.append(value))
+    try:
+        model = tiny_model("SD15", "EPS")
+        comfy_inproc.run_node("LUA_ProgressiveSampler", **progressive_inputs(
+            model, empty_latent(model), sampler_name="dpm_adaptive", stage_steps="4,2,1", steps=7))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(previous)
+    assert updates == sorted(updates) and updates[-1] == 7, updates
+
+
 # --------------------------------------------------------------------------------------------------
 # Building blocks: KSampler + upscale + LUA_ReNoiseLatent + KSamplerAdvanced == the one node
 # --------------------------------------------------------------------------------------------------
@@ -335,6 +352,27 @@ def test_renoise_to_a_sigma_for_sampler_custom(comfy_inproc: harness.InProcComfy
     expected = 0.5 * model_space(model, x0) + 0.5 * seed_noise(x0.shape, 3)
     torch.testing.assert_close(first.input, expected, rtol=1e-5, atol=1e-5)
     assert len(rec.calls) == len(sigmas) - 1
+
+
+def test_renoise_refuses_what_a_continuation_cannot_use(comfy_inproc: harness.InProcComfy, pack: Pack) -> None:
+    """A sigma above a flow model's range (x would get a negative weight) and a latent with a noise
+    mask (KSamplerAdvanced without added noise would keep the unmasked area noisy) are refused with
+    the node's name and the fix."""
+    import torch
+
+    model = tiny_model("SD3", "FLOW")
+    renoise = dict(model=model, seed=0, strength=0.5, steps=4, sampler_name="euler", scheduler="simple")
+    with pytest.raises(ValueError, match=r"^LUA Re-Noise Latent: sigma 1.5 is above this flow model's noise "
+                                         r"range \(0 to 1\): set sigma to at most 1"):
+        comfy_inproc.run_node("LUA_ReNoiseLatent", samples=empty_latent(model), sigma=1.5, **renoise)
+    masked = {**empty_latent(model), "noise_mask": torch.ones(1, 1, 8, 8)}
+    with pytest.raises(ValueError, match=r"^LUA Re-Noise Latent: the latent has a noise_mask.*LUA Progressive "
+                                         r"Sampler"):
+        comfy_inproc.run_node("LUA_ReNoiseLatent", samples=masked, sigma=0.0, **renoise)
+    eps = tiny_model("SD15", "EPS")  # EPS models take any sigma (x + sigma * noise)
+    out = comfy_inproc.run_node("LUA_ReNoiseLatent", samples=empty_latent(eps), sigma=20.0,
+                                **{**renoise, "model": eps}).outputs
+    assert out[3] == pytest.approx(20.0)
 
 
 def test_renoise_refuses_pure_noise_for_flow(comfy_inproc: harness.InProcComfy, pack: Pack) -> None:
@@ -410,13 +448,59 @@ def test_errors_before_any_sampling(comfy_inproc: harness.InProcComfy, pack: Pac
     with pytest.raises(ValueError, match="4 channels"):
         comfy_inproc.run_node("LUA_ProgressiveSampler",
                               **progressive_inputs(model, empty_latent(model), upscale_model=handle))
-    with pytest.raises(ValueError, match="for 3 stages"):
+    with pytest.raises(ValueError, match=r"^LUA Progressive Sampler: .*for 3 stages: give one count per stage"):
         comfy_inproc.run_node("LUA_ProgressiveSampler", **progressive_inputs(model, empty_latent(model),
                                                                              stage_steps="20,10"))
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(ValueError, match=r"^LUA Progressive Sampler: .*at least one. Raise steps"):
         comfy_inproc.run_node("LUA_ProgressiveSampler", **progressive_inputs(model, empty_latent(model),
                                                                              stage_steps="", steps=2))
     assert rec.calls == []
+    flow = tiny_model("SD3", "FLOW", rec)  # the 16-channel LUA fits, but does scales 1 to 4 only
+    with pytest.raises(ValueError, match=r"^LUA Progressive Sampler: scale 5 between stages: .*any scale from 1 to "
+                                         r"4.*Set scale to one it does"):
+        comfy_inproc.run_node("LUA_ProgressiveSampler", **progressive_inputs(flow, empty_latent(flow), scale=5.0,
+                                                                             upscale_model=handle))
+    assert rec.calls == []
+
+
+def test_a_cancel_during_an_upscaler_stops_before_the_next_stage(comfy_inproc: harness.InProcComfy,
+                                                                  pack: Pack) -> None:
+    """An upscaler that reports no progress (city96, NNLatentUpscale, LSSGen) checks for no cancel
+    inside itself: the run stops right after it, before the larger stage's first model call."""
+    import comfy.model_management as mm
+    import torch
+
+    base = sys.modules[pack.module.__name__ + ".lua_core.archs.base"]
+
+    class CancelledDuring(base.LatentUpscaler):
+        family = "test"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        @property
+        def latent_channels(self) -> int:
+            return 4
+
+        @property
+        def native_scales(self) -> frozenset[float]:
+            return frozenset({2.0})
+
+        def upscale(self, latent: torch.Tensor, scale: float, **_: Any) -> torch.Tensor:
+            mm.interrupt_current_processing(True)  # the user presses cancel while it runs
+            return torch.nn.functional.interpolate(latent, scale_factor=scale, mode="nearest")
+
+    rec = Recorder()
+    model = tiny_model("SD15", "EPS", rec)
+    handle = pack.handle.make_handle(CancelledDuring(), "cancelled")
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            comfy_inproc.run_node("LUA_ProgressiveSampler", **progressive_inputs(model, empty_latent(model),
+                                                                                 upscale_model=handle))
+    finally:
+        mm.interrupt_current_processing(False)
+    assert [len(calls) for calls in rec.stages()] == [4]
 
 
 # --------------------------------------------------------------------------------------------------
