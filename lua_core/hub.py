@@ -35,6 +35,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -58,6 +59,7 @@ USER_AGENT = f"{LIBRARY_NAME} (lua_core.hub; python-urllib)"
 DEFAULT_RETRIES = 2  # resumed attempts after an interrupted transfer
 _CHUNK = 1 << 20
 _POLL_S = 0.1
+_HEARTBEAT_S = 0.5  # callback at least this often while a download runs, grown or not (cancel checks)
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
@@ -753,6 +755,7 @@ class _Progress:
         self.last = -1
         self._file_size: int | None = None
         self._bar: Any = None
+        self._called = 0.0  # time.monotonic() of the last callback
 
     @property
     def wants_polling(self) -> bool:
@@ -764,7 +767,10 @@ class _Progress:
             self.total += size
 
     def file_progress(self, nbytes: int) -> None:
-        self._emit(self.base + nbytes)
+        """Polled while a file downloads (``_run_polling``). The hub library writes in 10 MB chunks
+        and waits out its retries silently, so the callback (where a cancel is raised) also runs
+        when nothing grew, every ``_HEARTBEAT_S``, with the progress unchanged."""
+        self._emit(self.base + nbytes, heartbeat=True)
 
     def file_done(self, size: int) -> None:
         if self._file_size is None:
@@ -781,13 +787,18 @@ class _Progress:
             self._bar.close()
             self._bar = None
 
-    def _emit(self, done: int, final: bool = False) -> None:
+    def _emit(self, done: int, final: bool = False, heartbeat: bool = False) -> None:
         if done <= self.last and not final:
+            if heartbeat and self.callback is not None and self.last >= 0 \
+                    and time.monotonic() - self._called >= _HEARTBEAT_S:
+                self._called = time.monotonic()
+                self.callback(self.last, max(self.total, self.last))
             return
         done = max(done, self.last)
         self.last = done
         total = done if final else max(self.total, done)
         if self.callback is not None:
+            self._called = time.monotonic()
             self.callback(done, total)
         elif self.console:
             if self._bar is None:

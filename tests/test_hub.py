@@ -404,6 +404,28 @@ def test_a_cancel_from_the_progress_callback_is_not_turned_into_a_download_error
         fetch(find_known("lua-flux"), tmp_path, progress=progress)
 
 
+def test_a_cancel_is_seen_while_no_bytes_arrive(hub, lua_blob, tmp_path):
+    """The hub library writes in 10 MB chunks and retries silently, so the progress callback (where
+    ComfyUI raises a cancel) is also called when nothing grew: a cancel during a stalled transfer
+    ends the wait within about a second, not when the transfer resumes."""
+    class Cancelled(Exception):
+        pass
+
+    calls: list[tuple[int, int]] = []
+
+    def progress(done, total):
+        calls.append((done, total))
+        if len(calls) > 1:  # the user cancels after the first report
+            raise Cancelled
+
+    hub.hang(lua_blob, 4.0)  # the file's GET answers after 4 s
+    t0 = time.perf_counter()
+    with pytest.raises(Cancelled):
+        fetch(find_known("lua-flux"), tmp_path, progress=progress)
+    assert time.perf_counter() - t0 < 2.5, "the cancel waited for the stalled transfer"
+    assert calls[0] == calls[1]  # the same progress, reported again
+
+
 # --------------------------------------------------------------------------------------------
 # plain URLs (GitHub): NNLatentUpscale-style file, LSSGen-style folder
 # --------------------------------------------------------------------------------------------
