@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     args = cmd.parse_intermixed_args(argv[1:])
     try:
         return int(module.run(args) or 0)
-    except ValueError as e:  # our errors are ValueErrors with actionable messages
-        print(f"error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # our errors are ValueErrors with actionable messages; OSErrors
+        print(f"error: {e}", file=sys.stderr)  # (a file that vanished, a full disk) name their file
         return 1
 
 

@@ -3,6 +3,7 @@ generated official-format checkpoint (issue: lua_core foundation, "Done when")."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -51,6 +52,40 @@ def test_bad_input_exits_with_a_clear_message(tmp_path):
     assert "4 channels" in r.stderr and "16" in r.stderr and "Traceback" not in r.stderr
     r = _cli("upscale", str(src), str(tmp_path / "o.safetensors"), "--model", str(tmp_path / "missing.pth"))
     assert r.returncode == 1 and "does not exist" in r.stderr
+
+
+def test_bad_paths_and_devices_are_refused_before_any_model_is_fetched(tmp_path):
+    """With no --model the default model would be downloaded first; every mistake in what the user
+    typed is reported before that (offline here with an empty model folder: a fetch would fail
+    with an offline error instead)."""
+    src = tmp_path / "in.safetensors"
+    save_file({"z": torch.randn(1, 16, 8, 8)}, str(src))
+    not_latents = tmp_path / "notes.pt"
+    not_latents.write_bytes(b"not a safetensors file")
+    env = {"HF_HUB_OFFLINE": "1", "LUA_MODELS_DIR": str(tmp_path / "models")}
+    for args, expect in [
+        ((str(tmp_path / "typo.safetensors"), str(tmp_path / "o.safetensors")), "cannot read"),
+        ((str(not_latents), str(tmp_path / "o.safetensors")), "cannot read"),
+        ((str(src), str(tmp_path / "no" / "such" / "o.safetensors")), "output folder"),
+        ((str(src), str(tmp_path / "o.safetensors"), "--device", "banana"), "--device banana cannot be used"),
+    ]:
+        r = _cli_env(env, "upscale", *args)
+        assert r.returncode == 1 and expect in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        assert "offline" not in r.stderr.lower(), "the model was fetched before the arguments were checked"
+    assert not (tmp_path / "models").exists()
+
+
+def test_convert_into_a_folder(tmp_path):
+    pth = save_official_pth(make_lua(), tmp_path / "m.pth")
+    (tmp_path / "out").mkdir()
+    r = _cli("convert", str(pth), str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "m.safetensors").is_file()
+
+
+def _cli_env(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lua_core", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **env})
 
 
 def test_help_lists_the_commands():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
     from tqdm import tqdm
 
@@ -38,17 +40,31 @@ def run(args: argparse.Namespace) -> int:
     from ..loading import load_model
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    # everything the user typed is checked before a model is downloaded or loaded
+    try:
+        tensors = load_file(args.src)
+    except (OSError, SafetensorError) as e:
+        raise LuaError(f"cannot read {args.src} as a safetensors file of latents ({type(e).__name__}: "
+                       f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}). Give a .safetensors file "
+                       "(ComfyUI's Save Latent writes one, as .latent)") from None
+    keys = args.key or list(tensors)
+    missing = [k for k in keys if k not in tensors]
+    if missing:
+        raise LuaError(f"{args.src} has no tensor(s) {missing}; it holds {list(tensors)}")
+    out_dir = Path(args.dst).resolve().parent
+    if not out_dir.is_dir():
+        raise LuaError(f"the output folder {out_dir} does not exist: create it or give another output path")
+    try:
+        torch.empty(0, device=args.device)
+    except (RuntimeError, AssertionError, ValueError) as e:
+        raise LuaError(f"--device {args.device} cannot be used here ({str(e).strip().splitlines()[0]}); "
+                       "use cpu, or a device this torch build has") from None
     if args.model:
         path = args.model
     else:
         from ..hub import fetch_known
         path = fetch_known(args.repo or "vaskers5/LUA-FLUX", args.models_dir)
     model = load_model(path, device=args.device, dtype=dtype)
-    tensors = load_file(args.src)
-    keys = args.key or list(tensors)
-    missing = [k for k in keys if k not in tensors]
-    if missing:
-        raise LuaError(f"{args.src} has no tensor(s) {missing}; it holds {list(tensors)}")
     out = {}
     max_memory = None if args.max_memory is None else int(args.max_memory * 2**30)
     t0 = time.perf_counter()
@@ -58,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
         y = upscale_latent(model, x[None] if squeeze else x, args.scale, latent_format=args.latent_format,
                            max_memory=max_memory, tile=args.tile)
         out[k] = (y[0] if squeeze else y).contiguous()
-    save_file(out, args.dst, metadata={"upscaled_by": f"{model.family} x{args.scale:g}"})
+    try:
+        save_file(out, args.dst, metadata={"upscaled_by": f"{model.family} x{args.scale:g}"})
+    except (OSError, SafetensorError) as e:
+        raise LuaError(f"cannot write {args.dst} ({str(e).strip().splitlines()[0]})") from None
     for k in keys:
         print(f"{k}: {tuple(tensors[k].shape)} -> {tuple(out[k].shape)}")
     print(f"wrote {args.dst} in {time.perf_counter() - t0:.2f}s")
