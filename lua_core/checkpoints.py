@@ -56,8 +56,12 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         return _read_diffusers_folder(p)
     if p.stat().st_size == 0:
         raise CheckpointError(p, "is empty (0 bytes): an interrupted download?", "Delete it and download it again.")
-    with open(p, "rb") as f:
-        head = f.read(8)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except OSError as e:  # e.g. a file copied in by another user, readable only by them
+        raise CheckpointError(p, f"cannot be read ({type(e).__name__}: {_first_line(e)}).",
+                              "Check the file's permissions (the ComfyUI user must be able to read it).") from None
     if p.suffix.lower() in SAFETENSORS_SUFFIXES or _looks_like_safetensors(p, head):
         ckpt = _read_safetensors(p)
         side = p.parent / "config.json"
@@ -174,8 +178,13 @@ def _read_diffusers_folder(p: Path) -> Checkpoint:
 
 def _read_json(p: Path) -> dict[str, Any]:
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise CheckpointError(p, f"cannot be read ({type(e).__name__}: {_first_line(e)}).",
+                              "Check the file's permissions (the ComfyUI user must be able to read it).") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except ValueError as e:  # UnicodeDecodeError included
         raise CheckpointError(p, f"is not valid JSON ({_first_line(e)}).") from None
     if not isinstance(data, dict):
         raise CheckpointError(p, "does not hold a JSON object.")
@@ -208,7 +217,13 @@ def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
     tmp = p.with_name(p.name + ".tmp")
     try:
         try:
+            # safetensors creates its files readable by their owner only (0600, whatever the umask): a
+            # conversion made by one user (e.g. an install script) would be unreadable by ComfyUI's. The
+            # mode a new file gets here (the umask's) is put back after writing.
+            open(tmp, "wb").close()
+            mode = tmp.stat().st_mode & 0o777
             save_file(tensors, str(tmp), metadata=meta)
+            os.chmod(tmp, mode)
         except SafetensorError as e:  # safetensors reports I/O failures (read-only folder, full disk) as its own
             raise OSError(f"cannot write {tmp}: {_first_line(e)}") from e
         os.replace(tmp, p)

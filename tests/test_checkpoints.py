@@ -165,6 +165,38 @@ def test_unwritable_folder_keeps_the_pickle(tmp_path, monkeypatch, caplog):
         lua_core.convert_checkpoint(src)
 
 
+def test_saved_files_follow_the_umask_not_safetensors_0600(tmp_path):
+    """A conversion written by one user (an install script, root in a container) must stay readable
+    by the ComfyUI user: safetensors itself creates 0600 files."""
+    current = os.umask(0o022)
+    os.umask(current)
+    out = lua_core.convert_checkpoint(save_official_pth(make_lua(), tmp_path / "m.pth"))
+    assert out.stat().st_mode & 0o777 == 0o666 & ~current
+
+
+def test_unreadable_files_name_the_permission_fix(tmp_path, monkeypatch):
+    import lua_core.checkpoints as checkpoints
+
+    pth = save_official_pth(make_lua(), tmp_path / "theirs.pth")
+
+    def denied(path, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(checkpoints, "open", denied, raising=False)  # what a file of another user gives
+    with pytest.raises(lua_core.CheckpointError, match="cannot be read .*Permission denied.*permissions") as e:
+        lua_core.load_model(pth)
+    assert str(pth) in str(e.value)
+    monkeypatch.undo()
+    folder = tmp_path / "lssgen"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    real = checkpoints.Path.read_bytes
+    monkeypatch.setattr(checkpoints.Path, "read_bytes",
+                        lambda self: denied(self) if self.name == "config.json" else real(self))
+    with pytest.raises(lua_core.CheckpointError, match="config.json.*cannot be read .*permissions"):
+        checkpoints._read_json(folder / "config.json")
+
+
 # -- bad files -------------------------------------------------------------------------------------
 
 def test_truncated_safetensors(tmp_path):
