@@ -516,7 +516,16 @@ class BatchRunner:
                         active.entry = None
                         self._lost(active)
                         return
-                    raise
+                    # the server refuses this file (ComfyUI answers 400 for names holding '..'): this job
+                    # failed, the batch goes on
+                    said = f": {err.body.strip()[:200]}" if err.body.strip() else ""
+                    hint = (" ComfyUI refuses file names containing '..': change the filename_prefix."
+                            if ".." in rec["filename"] else "")
+                    error = {"kind": "download", "message": f"output {rec['filename']} could not be downloaded: "
+                             f"the server answered HTTP {err.status}{said}.{hint}"}
+                    self._say(f"job {job.index} ({job.label}) failed: {error['message']}")
+                    self._record(active, "error", entry=entry, files=files, error=error)
+                    return
                 files.append({"path": name, "node": node_id, "filename": rec["filename"],
                               "subfolder": rec.get("subfolder", ""), "type": rec.get("type", "output"), "bytes": size})
             if not files:

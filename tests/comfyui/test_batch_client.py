@@ -259,6 +259,25 @@ def test_bad_input_is_reported_with_node_and_input(comfy_server: harness.ComfySe
     assert "1 succeeded, 2 failed" in run.stderr
 
 
+@pytest.mark.timeout(120)
+def test_an_output_the_server_refuses_fails_only_its_job(comfy_server: harness.ComfyServer, tmp_path: Path) -> None:
+    """ComfyUI renders a job whose filename_prefix holds '..' but answers HTTP 400 when the file is
+    fetched: that job is an error row naming the fix, the others finish, a re-run does not get stuck."""
+    path = write_json(tmp_path / "wf.json", sleep_prompt())
+    out = tmp_path / "out"
+    args = cli_args(path, comfy_server, out, "--set", "Save Image.filename_prefix=ok1,take..2,ok2")
+    run = cli(*args)
+    assert run.returncode == 1, run.stderr
+    rows = {r["params"]["Save Image.filename_prefix"]: r for r in manifest_rows(out)}
+    assert rows["ok1"]["status"] == rows["ok2"]["status"] == "success", rows
+    bad = rows["take..2"]
+    assert bad["status"] == "error" and bad["error"]["kind"] == "download"
+    assert "HTTP 400" in bad["error"]["message"] and "change the filename_prefix" in bad["error"]["message"]
+    assert "change the filename_prefix" in run.stderr and "2 succeeded, 1 failed" in run.stderr
+    again = cli(*args, "--skip-failed")
+    assert again.returncode == 0, again.stderr
+
+
 def test_unknown_and_ambiguous_targets_fail_before_sending(comfy_server: harness.ComfyServer, tmp_path: Path) -> None:
     prompt = sleep_prompt()
     prompt["6"] = {**prompt["2"], "_meta": {"title": "Sleep"}}
