@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     module.add_arguments(cmd)
     args = cmd.parse_intermixed_args(argv[1:])
     try:
+        if getattr(args, "device", None) is not None:  # every command with --device: checked before any work
+            from .devices import usable_device
+            usable_device(args.device)
         return int(module.run(args) or 0)
     except (ValueError, OSError) as e:  # our errors are ValueErrors with actionable messages; OSErrors
         print(f"error: {e}", file=sys.stderr)  # (a file that vanished, a full disk) name their file

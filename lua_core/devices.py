@@ -12,6 +12,21 @@ from collections.abc import Iterator
 import torch
 
 
+def usable_device(name: str | torch.device, option: str = "--device") -> torch.device:
+    """``name`` as a device this torch build can allocate on, or a ``LuaError`` naming the option
+    (torch says "Expected one of cpu, cuda, ..." or asserts "Torch not compiled with CUDA")."""
+    from .errors import LuaError
+
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise LuaError(f"{option} {name} cannot be used here ({first}); use cpu, or a device this torch build "
+                       "has") from None
+    return device
+
+
 def available_memory(device: torch.device | str) -> int:
     """Bytes a forward may use on ``device`` now (free memory, with 10% kept back)."""
     device = torch.device(device)

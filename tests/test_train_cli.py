@@ -34,6 +34,11 @@ def test_full_run_from_images_to_a_checkpoint(tmp_path, capsys):
     assert "stopped at step 2" in capsys.readouterr().out
     assert (run / "stage1" / "checkpoints" / "step_00000002.pt").is_file()
     assert not (run / "stage1" / "final.safetensors").exists()
+    # resuming with another model config or seed is refused, not silently done with the checkpoint's
+    assert main([*args[:-len(RUN)], "--model-config", "released", *RUN[2:]]) == 1
+    assert "another model config" in capsys.readouterr().err
+    assert main([*args, "--seed", "7"]) == 1
+    assert "--seed 0, not 7" in capsys.readouterr().err
     assert main(args) == 0  # resumes stage 1 at step 2 and finishes it
     assert f"wrote {run / 'lua.safetensors'}" in capsys.readouterr().out
     # stage 2 on its own starts from stage 1's result (with lr 0 it keeps those weights exactly)
@@ -66,6 +71,22 @@ def test_full_run_from_images_to_a_checkpoint(tmp_path, capsys):
     meta = read_metadata(out)
     assert meta["latent_format"] == "flux" and meta["trunk_frozen"] == "true"
     assert lua_core.load_model(out).latent_channels == 16
+
+
+def test_impossible_run_settings_are_refused(tmp_path, capsys):
+    from lua_core.train.curriculum import paper_stage
+    from lua_core.train.trainer import TrainOptions
+
+    with pytest.raises(ValueError, match="grad_clip must be a positive"):
+        paper_stage(1, grad_clip=-1.0)
+    for bad in (dict(log_every=0), dict(save_every=0)):
+        with pytest.raises(ValueError, match="must be at least 1 step"):
+            TrainOptions(**bad)
+    prepare = ["prepare", str(tmp_path), str(tmp_path / "o"), "--vae", str(tmp_path / "vae")]
+    for command in (["train", str(tmp_path), str(tmp_path / "run")], prepare):
+        assert main([*command, "--device", "bogus"]) == 1
+        err = capsys.readouterr().err
+        assert "--device bogus cannot be used here" in err and "Traceback" not in err
 
 
 def test_usage_errors_are_reported(tmp_path, capsys):

@@ -14,7 +14,7 @@ pytest.importorskip("diffusers")
 
 from safetensors.torch import load_file  # noqa: E402
 
-from lua_core.train.data import PrepareConfig, make_lr, prepare, read_manifest, to_unit  # noqa: E402
+from lua_core.train.data import Crop, PrepareConfig, load_crop, make_lr, prepare, read_manifest, to_unit  # noqa: E402
 from lua_core.train.dataset import BatchOrder, LatentPairs, epoch_permutation  # noqa: E402
 from lua_core.train.synthetic import save_tiny_vae, synthetic_image, write_synthetic_images  # noqa: E402
 from lua_core.train.vae import load_vae  # noqa: E402
@@ -117,6 +117,28 @@ def test_resume_refuses_other_settings(env, tmp_path):
 def test_crop_must_fit_vae_and_scales(env, tmp_path):
     with pytest.raises(ValueError, match="multiple of 8"):
         prepare(env["root"] / "img", tmp_path / "x", env["vae"], PrepareConfig(crop=36), progress=False)
+
+
+@pytest.mark.parametrize("bad", [dict(crop=0), dict(crop=-32), dict(scales=(0,)), dict(scales=()),
+                                 dict(crops_per_image=0), dict(shard_size=0)])
+def test_impossible_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="must be"):
+        PrepareConfig(**bad)
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    """Pillow's convert('RGB') clips 16-bit grey at 255 (a near-white crop, silently)."""
+    from PIL import Image
+
+    ramp = np.linspace(0, 65535, 32 * 32).reshape(32, 32).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I;16")
+    got = load_crop(tmp_path, Crop("g16.png", 0, 0), 32)
+    expect = torch.from_numpy(np.round(ramp / 257.0).astype(np.uint8))
+    assert got.shape == (3, 32, 32) and torch.equal(got[0], expect) and torch.equal(got[1], got[2])
+    Image.fromarray(ramp.astype(np.int32) * 1000, mode="I").save(tmp_path / "i32.tiff")
+    with pytest.raises(ValueError, match="32-bit integer"):
+        load_crop(tmp_path, Crop("i32.tiff", 0, 0), 32)
 
 
 def test_dataset_reads_rows_in_the_order_asked(env):

@@ -81,6 +81,8 @@ class StageConfig:
             raise ValueError(f"hf_domain must be 'pixel' or 'latent', not {self.hf_domain!r}")
         if not 0.0 <= self.random_head_fraction <= 1.0:
             raise ValueError("random_head_fraction must be in [0, 1]")
+        if not self.grad_clip > 0.0:  # clip_grad_norm_ with a negative norm flips the gradient's sign
+            raise ValueError(f"grad_clip must be a positive gradient norm (paper: 0.4), got {self.grad_clip}")
         if not self.weights.active():
             raise ValueError("a stage needs at least one loss term with a non-zero weight")
 

@@ -63,6 +63,14 @@ class PrepareConfig:
     #: encode with the posterior mean (deterministic) or a sample of it
     sample_posterior: bool = False
 
+    def __post_init__(self) -> None:
+        if self.crop < 1 or not self.scales or min(self.scales) < 2:
+            raise ValueError(f"crop must be positive and scales at least 2 (e.g. --scales 2,4), got crop {self.crop}, "
+                             f"scales {list(self.scales)}")
+        for name in ("crops_per_image", "shard_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
     def plan_key(self) -> dict[str, Any]:
         """The settings the list of crops depends on."""
         return {"crop": self.crop, "crops_per_image": self.crops_per_image, "min_side": self.min_side,
@@ -126,7 +134,14 @@ def load_crop(root: str | os.PathLike, crop: Crop, size: int) -> torch.Tensor:
     import numpy as np
     from PIL import Image, ImageOps
     with Image.open(Path(root) / crop.path) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")
+        im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I;16"):  # 16-bit grayscale: Pillow's convert("RGB") clips it at 255 (near white)
+            wide = np.asarray(im).astype(np.float32)
+            im = Image.fromarray(np.round(wide / 257.0).astype(np.uint8), mode="L")
+        elif im.mode in ("I", "F"):  # 32-bit integer or float data: no agreed 8-bit range to map it to
+            raise ValueError(f"{crop.path} holds {im.mode} ({'32-bit integer' if im.mode == 'I' else 'float'}) "
+                             "pixels; save it as an 8- or 16-bit image")
+        im = im.convert("RGB")
         im = im.crop((crop.x, crop.y, crop.x + size, crop.y + size))
         arr = np.asarray(im, dtype=np.uint8).copy()
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
@@ -241,6 +256,8 @@ def prepare(images_dir: str | os.PathLike, out_dir: str | os.PathLike, vae: Any,
     from tqdm import tqdm
 
     cfg = cfg or PrepareConfig()
+    if encode_batch < 1:
+        raise ValueError(f"encode-batch must be at least 1, got {encode_batch}")
     f = vae.downscale
     unit = f * max(cfg.scales)
     if cfg.crop % unit:

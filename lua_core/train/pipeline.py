@@ -44,10 +44,12 @@ def vae_for(data: LatentPairs, vae: Any, stage: StageConfig, device: str) -> Any
 
 def run_stage(stage: StageConfig, data: LatentPairs, sdir: str | os.PathLike, model: LUA | None, *, vae: Any = None,
               options: TrainOptions | None = None, metadata: dict[str, str] | None = None,
-              until: int | None = None) -> Path | None:
+              until: int | None = None, expect_config: LUAConfig | None = None) -> Path | None:
     """Train (or resume) one stage in ``sdir``; returns its final file, or None when stopped at ``until``.
 
-    ``model`` is the starting point (ignored when ``sdir`` has a checkpoint to resume from).
+    ``model`` is the starting point (ignored when ``sdir`` has a checkpoint to resume from). A
+    checkpoint made for another model config than ``expect_config`` (what the command asks for) is
+    refused instead of silently resumed.
     """
     options = options or TrainOptions()
     sdir = Path(sdir)
@@ -58,6 +60,11 @@ def run_stage(stage: StageConfig, data: LatentPairs, sdir: str | os.PathLike, mo
     ckpt = latest_checkpoint(sdir)
     state = torch.load(ckpt, map_location="cpu", weights_only=True) if ckpt else None
     if state is not None:
+        if expect_config is not None and LUAConfig.from_dict(state["config"]) != expect_config:
+            now, was = expect_config.to_dict(), state["config"]
+            diff = {k: (was.get(k), v) for k, v in now.items() if was.get(k) != v}
+            raise ValueError(f"{ckpt} was made for another model config (checkpoint, now): {diff}. Resume with "
+                             "the same --model-config, or start a new run folder")
         model = LUA(LUAConfig.from_dict(state["config"]))
         trainable = set(state["trainable"])
         for n, p in model.named_parameters():
@@ -97,6 +104,8 @@ def train_curriculum(data_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
         stage = paper_stage(n, **(stage_overrides or {}).get(n, {}))
         sdir = stage_dir(run_dir, stage)
         model = None
+        # a fresh first stage's config, to check a checkpoint to resume against
+        wanted = model_config(preset, data.latent_channels) if prev is None else None
         if not (sdir / FINAL).is_file() and latest_checkpoint(sdir) is None:
             if prev is not None:
                 model = load_for_training(prev)
@@ -106,7 +115,8 @@ def train_curriculum(data_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
             else:
                 model = new_model(model_config(preset, data.latent_channels), options.seed)
         meta = {**(metadata or {}), "training_stages": ",".join(map(str, stages))}
-        final = run_stage(stage, data, sdir, model, vae=vae, options=options, metadata=meta, until=until)
+        final = run_stage(stage, data, sdir, model, vae=vae, options=options, metadata=meta, until=until,
+                          expect_config=wanted)
         if final is None:
             return None
         prev = final

@@ -64,6 +64,13 @@ class TrainOptions:
     tensorboard: bool = True
     console: bool = True
 
+    def __post_init__(self) -> None:
+        for name in ("log_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be at least 1 step, got {getattr(self, name)}")
+        if self.keep_checkpoints < 0:
+            raise ValueError(f"keep must be 0 or more, got {self.keep_checkpoints}")
+
 
 def _seed(*parts: Any) -> int:
     return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:15], 16)
@@ -142,6 +149,10 @@ class Trainer:
             raise ValueError(f"the checkpoint was made with other stage settings (checkpoint, now): {diff}")
         if state["data"]["fingerprint"] != self.data.fingerprint():
             raise ValueError("the checkpoint was trained on other data (the manifest's shards differ)")
+        seed = state.get("options", {}).get("seed")
+        if seed is not None and seed != self.options.seed:  # the data order and head draws follow the seed
+            raise ValueError(f"the checkpoint was trained with --seed {seed}, not {self.options.seed}: resume with "
+                             "the same seed (or start a new run folder)")
         trainable = [n for n, p in self.model.named_parameters() if p.requires_grad]
         if state["trainable"] != trainable:
             raise ValueError("the checkpoint trained another set of parameters (freeze options differ)")
