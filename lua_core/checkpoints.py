@@ -118,7 +118,7 @@ def _read_pickle(p: Path, head: bytes) -> Checkpoint:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported operand" in str(e) or not head.startswith((b"\x80", b"PK")):
+        if "GLOBAL" not in str(e) and ("Unsupported operand" in str(e) or not head.startswith((b"\x80", b"PK"))):
             # not a pickle at all (torch's files are a zip or start with a pickle protocol byte): e.g.
             # an error page saved by a failed download
             page = "; it looks like a web page (a failed download?)" if head.lstrip()[:1] == b"<" else ""
@@ -220,6 +220,7 @@ def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
             # safetensors creates its files readable by their owner only (0600, whatever the umask): a
             # conversion made by one user (e.g. an install script) would be unreadable by ComfyUI's. The
             # mode a new file gets here (the umask's) is put back after writing.
+            tmp.unlink(missing_ok=True)  # a leftover of a killed save would keep its own mode
             open(tmp, "wb").close()
             mode = tmp.stat().st_mode & 0o777
             save_file(tensors, str(tmp), metadata=meta)

@@ -67,6 +67,8 @@ def check_upscaler(upscale_model: LUAModelHandle | None, channels: int, scale: f
                          "this model, or leave upscale_model unconnected to interpolate.")
     from ..lua_core.errors import LuaError
     from ..lua_core.inference import plan_scale
+    if float(scale) == 1.0:  # x1 returns the latent without running the upscaler (upscale_latent)
+        return
     try:
         plan_scale(upscale_model.upscaler, float(scale))
     except LuaError as e:
@@ -84,9 +86,9 @@ class _Bar:
         self.bar, self.total, self.shown = comfy.utils.ProgressBar(total), total, 0
 
     def show(self, value: int, preview: Any = None) -> None:
-        if value > self.shown:
-            self.shown = value
-            self.bar.update_absolute(value, self.total, preview)
+        if value > self.shown or preview is not None:  # a new preview at the same value still shows
+            self.shown = max(value, self.shown)
+            self.bar.update_absolute(self.shown, self.total, preview)
 
 
 def _step_callback(model: Any, bar: _Bar, offset: int, steps: int) -> Any:

@@ -75,7 +75,7 @@ def test_shrunk_window_checkpoint_warns_that_its_padding_is_a_guess(tmp_path, ca
     with caplog.at_level("WARNING", logger="lua_core.archs.lua"):
         guessed = lua_core.load_model(save_official_pth(model, tmp_path / "shrunk.pth"))
     assert guessed.config.window_size == 4
-    assert any("img_size <= window_size" in r.getMessage() and "save the model with its config" in r.getMessage()
+    assert any("img_size <= window_size" in r.getMessage() and "conversion keeps this guess" in r.getMessage()
                for r in caplog.records)
     caplog.clear()
     with caplog.at_level("WARNING", logger="lua_core.archs.lua"):
@@ -142,6 +142,16 @@ def test_convert_leaves_a_conversion_of_another_file_alone(tmp_path):
     assert lua_core.ensure_safetensors(a_pt) == a_pt and converted.read_bytes() == stamp
     assert lua_core.ensure_safetensors(a_pth) == converted and converted.read_bytes() == stamp
     _same_outputs(make_lua(seed=4), lua_core.load_model(a_pt))
+
+
+def test_a_leftover_tmp_of_a_killed_save_does_not_set_the_mode(tmp_path):
+    current = os.umask(0o022)
+    os.umask(current)
+    stale = tmp_path / "m.safetensors.tmp"
+    stale.write_bytes(b"half")
+    stale.chmod(0o600)
+    out = lua_core.save_model(make_lua(), tmp_path / "m.safetensors")
+    assert out.stat().st_mode & 0o777 == 0o666 & ~current and not stale.exists()
 
 
 def test_unwritable_folder_keeps_the_pickle(tmp_path, monkeypatch, caplog):
@@ -279,12 +289,14 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
         lua_core.load_model(p)
     assert str(p) in str(e.value)
     assert not marker.exists(), "loading executed code from the pickle"
-    # the same through a plain pickle (not a zip container)
-    p2 = tmp_path / "evil_legacy.pt"
-    with open(p2, "wb") as f:
-        pickle.dump(_RunsCode(marker), f)
-    with pytest.raises(lua_core.CheckpointError):
-        lua_core.load_model(p2)
+    # the same through plain pickles (not a zip container), old protocols included (they start with
+    # '(' or 'c', not the \x80 of protocol 2+)
+    for protocol in (0, 1, 2):
+        p2 = tmp_path / f"evil_legacy{protocol}.pt"
+        with open(p2, "wb") as f:
+            pickle.dump(_RunsCode(marker), f, protocol=protocol)
+        with pytest.raises(lua_core.CheckpointError, match="could run code"):
+            lua_core.load_model(p2)
     assert not marker.exists()
 
 

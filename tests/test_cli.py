@@ -68,6 +68,10 @@ def test_bad_paths_and_devices_are_refused_before_any_model_is_fetched(tmp_path)
         ((str(not_latents), str(tmp_path / "o.safetensors")), "cannot read"),
         ((str(src), str(tmp_path / "no" / "such" / "o.safetensors")), "output folder"),
         ((str(src), str(tmp_path / "o.safetensors"), "--device", "banana"), "--device banana cannot be used"),
+        ((str(src), str(tmp_path)), "is a folder"),
+        ((str(src), str(tmp_path / "o.safetensors"), "--scale", "0.5"), "--scale must be"),
+        ((str(src), str(tmp_path / "o.safetensors"), "--tile", "0"), "--tile must be"),
+        ((str(src), str(tmp_path / "o.safetensors"), "--max-memory", "0"), "--max-memory must be a positive"),
     ]:
         r = _cli_env(env, "upscale", *args)
         assert r.returncode == 1 and expect in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

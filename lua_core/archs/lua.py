@@ -1133,7 +1133,7 @@ def infer_config(sd: StateDict) -> LUAConfig:
         _log.warning("this LUA checkpoint was built with img_size <= window_size (windows of %d): its "
                      "window_size, which sets the input padding, is not in the weights and is taken as %d. If "
                      "it was larger, outputs differ near the bottom/right edges of latents whose sides are not "
-                     "multiples of it; save the model with its config (lua_core.save_model) to be exact", ws, ws)
+                     "multiples of it (a .safetensors conversion keeps this guess in its config)", ws, ws)
     head_names = sorted({k.split(".")[1] for k in sd if k.startswith("heads.")})
     head_cfgs = []
     head_nf = None

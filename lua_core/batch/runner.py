@@ -516,6 +516,8 @@ class BatchRunner:
                         active.entry = None
                         self._lost(active)
                         return
+                    if err.status != 400:  # auth, server trouble: not this job's fault, stop as before
+                        raise
                     # the server refuses this file (ComfyUI answers 400 for names holding '..'): this job
                     # failed, the batch goes on
                     said = f": {err.body.strip()[:200]}" if err.body.strip() else ""

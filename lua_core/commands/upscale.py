@@ -54,6 +54,15 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.dst).resolve().parent
     if not out_dir.is_dir():
         raise LuaError(f"the output folder {out_dir} does not exist: create it or give another output path")
+    if Path(args.dst).is_dir():
+        example = Path(args.dst) / "out.safetensors"
+        raise LuaError(f"{args.dst} is a folder: give the output file's path (e.g. {example})")
+    if not args.scale >= 1.0 or args.scale != args.scale or args.scale == float("inf"):
+        raise LuaError(f"--scale must be a number from 1 up (e.g. 2), got {args.scale:g}")
+    if args.tile is not None and args.tile < 1:
+        raise LuaError(f"--tile must be a positive number of latent pixels, got {args.tile}")
+    if args.max_memory is not None and not args.max_memory > 0:
+        raise LuaError(f"--max-memory must be a positive number of GiB, got {args.max_memory:g}")
     if args.model:
         path = args.model
     else:

@@ -14,6 +14,7 @@ server with a generated LUA checkpoint in its ``latent_upscale_models`` folder.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import sys
@@ -463,6 +464,37 @@ def test_errors_before_any_sampling(comfy_inproc: harness.InProcComfy, pack: Pac
     assert rec.calls == []
 
 
+def test_scale_one_needs_no_scale_from_the_upscaler(comfy_inproc: harness.InProcComfy, pack: Pack) -> None:
+    """At x1 the upscaler is never run (upscale_latent returns the latent), so a fixed-x2 upscaler
+    is no reason to refuse the run."""
+    import torch
+
+    base = importlib.import_module(pack.module.__name__ + ".lua_core.archs.base")
+
+    class OnlyX2(base.LatentUpscaler):
+        family = "test"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        @property
+        def latent_channels(self) -> int:
+            return 4
+
+        @property
+        def native_scales(self) -> frozenset[float]:
+            return frozenset({2.0})
+
+        def upscale(self, latent: torch.Tensor, scale: float, **_: Any) -> torch.Tensor:
+            raise AssertionError("not called at x1")
+
+    model = tiny_model("SD15", "EPS")
+    final, stages = comfy_inproc.run_node("LUA_ProgressiveSampler", **progressive_inputs(
+        model, empty_latent(model), scale=1.0, upscale_model=pack.handle.make_handle(OnlyX2(), "x2 only"))).outputs
+    assert tuple(final["samples"].shape[-2:]) == (8, 8) and len(stages) == 3
+
+
 def test_a_cancel_during_an_upscaler_stops_before_the_next_stage(comfy_inproc: harness.InProcComfy,
                                                                   pack: Pack) -> None:
     """An upscaler that reports no progress (city96, NNLatentUpscale, LSSGen) checks for no cancel
@@ -470,7 +502,7 @@ def test_a_cancel_during_an_upscaler_stops_before_the_next_stage(comfy_inproc: h
     import comfy.model_management as mm
     import torch
 
-    base = sys.modules[pack.module.__name__ + ".lua_core.archs.base"]
+    base = importlib.import_module(pack.module.__name__ + ".lua_core.archs.base")  # imported here if not yet
 
     class CancelledDuring(base.LatentUpscaler):
         family = "test"
