@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 
 SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
@@ -60,7 +60,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         with open(p, "rb") as f:
             head = f.read(8)
     except OSError as e:  # e.g. a file copied in by another user, readable only by them
-        raise CheckpointError(p, f"cannot be read ({type(e).__name__}: {_first_line(e)}).",
+        raise CheckpointError(p, f"cannot be read ({type(e).__name__}: {first_line(e)}).",
                               "Check the file's permissions (the ComfyUI user must be able to read it).") from None
     if p.suffix.lower() in SAFETENSORS_SUFFIXES or _looks_like_safetensors(p, head):
         ckpt = _read_safetensors(p)
@@ -129,17 +129,17 @@ def _read_pickle(p: Path, head: bytes) -> Checkpoint:
             f"code when loaded ({_unsafe_global(e)}). Nothing in it was executed.",
             "Use a .safetensors version of the model, or only files you trust converted elsewhere.") from None
     except (EOFError, zipfile.BadZipFile, struct.error) as e:
-        raise CheckpointError(p, f"is truncated or corrupt ({type(e).__name__}: {_first_line(e)}).",
+        raise CheckpointError(p, f"is truncated or corrupt ({type(e).__name__}: {first_line(e)}).",
                               "Delete it and download it again.") from None
     except RuntimeError as e:
         msg = str(e)
         if "zip archive" in msg or "central directory" in msg or "PytorchStreamReader" in msg:
             raise CheckpointError(p, "is truncated or not a PyTorch checkpoint (its zip container is "
                                   "broken).", "Delete it and download it again.") from None
-        raise CheckpointError(p, f"could not be read: {_first_line(e)}") from None
+        raise CheckpointError(p, f"could not be read: {first_line(e)}") from None
     except Exception as e:  # torch raises assorted types for non-checkpoint bytes (a cut zip: OSError)
         what = "is truncated or corrupt" if head.startswith(b"PK") else "is not a PyTorch checkpoint"
-        raise CheckpointError(p, f"{what} ({type(e).__name__}: {_first_line(e)}).",
+        raise CheckpointError(p, f"{what} ({type(e).__name__}: {first_line(e)}).",
                               "Delete it and download it again.") from None
     return Checkpoint(p, unwrap_state_dict(obj, p))
 
@@ -180,12 +180,12 @@ def _read_json(p: Path) -> dict[str, Any]:
     try:
         raw = p.read_bytes()
     except OSError as e:
-        raise CheckpointError(p, f"cannot be read ({type(e).__name__}: {_first_line(e)}).",
+        raise CheckpointError(p, f"cannot be read ({type(e).__name__}: {first_line(e)}).",
                               "Check the file's permissions (the ComfyUI user must be able to read it).") from None
     try:
         data = json.loads(raw.decode("utf-8"))
     except ValueError as e:  # UnicodeDecodeError included
-        raise CheckpointError(p, f"is not valid JSON ({_first_line(e)}).") from None
+        raise CheckpointError(p, f"is not valid JSON ({first_line(e)}).") from None
     if not isinstance(data, dict):
         raise CheckpointError(p, "does not hold a JSON object.")
     return data
@@ -197,10 +197,6 @@ def _unsafe_global(e: BaseException) -> str:
         if "GLOBAL" in line or "Unsupported" in line:
             return line.strip().removeprefix("WeightsUnpickler error:").strip()[:300]
     return "not a plain state dict"
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
 
 
 def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, *,
@@ -226,7 +222,7 @@ def save_checkpoint(state_dict: Mapping[str, torch.Tensor], path: str | os.PathL
             save_file(tensors, str(tmp), metadata=meta)
             os.chmod(tmp, mode)
         except SafetensorError as e:  # safetensors reports I/O failures (read-only folder, full disk) as its own
-            raise OSError(f"cannot write {tmp}: {_first_line(e)}") from e
+            raise OSError(f"cannot write {tmp}: {first_line(e)}") from e
         os.replace(tmp, p)
     finally:
         if tmp.exists():

@@ -15,15 +15,14 @@ import torch
 def usable_device(name: str | torch.device, option: str = "--device") -> torch.device:
     """``name`` as a device this torch build can allocate on, or a ``LuaError`` naming the option
     (torch says "Expected one of cpu, cuda, ..." or asserts "Torch not compiled with CUDA")."""
-    from .errors import LuaError
+    from .errors import LuaError, first_line
 
     try:
         device = torch.device(name)
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError, ValueError, TypeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise LuaError(f"{option} {name} cannot be used here ({first}); use cpu, or a device this torch build "
-                       "has") from None
+        raise LuaError(f"{option} {name} cannot be used here ({first_line(e, 200)}); use cpu, or a device this "
+                       "torch build has") from None
     return device
 
 

@@ -9,6 +9,11 @@ from __future__ import annotations
 import os
 
 
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]
+
+
 class LuaError(ValueError):
     """Base class of the errors this package raises on bad input."""
 

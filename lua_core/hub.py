@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
-from .errors import DownloadError
+from .errors import DownloadError, first_line
 from .latent_formats import LATENT_FORMATS
 
 log = logging.getLogger(__name__)
@@ -489,7 +489,7 @@ def _download_hf(entry: KnownCheckpoint, f: RemoteFile, dest: Path, reporter: _P
         except _WorkFailed as failed:  # errors of the callback itself (a cancel) pass through untouched
             e = failed.error
             if _hf_interrupted(e) and attempt < retries:
-                log.warning("%s: download of %s interrupted (%s); resuming", entry.key, url, _first_line(e))
+                log.warning("%s: download of %s interrupted (%s); resuming", entry.key, url, first_line(e))
                 continue
             raise _hf_error(entry, f, e, url, dest, endpoint, partial=partial_bytes(), size=size,
                             attempts=attempt + 1) from e
@@ -556,7 +556,7 @@ def _hf_error(entry: KnownCheckpoint, f: RemoteFile, e: BaseException, url: str,
         return DownloadError(_offline_message(entry, [f], dest, explicit=False))
     if isinstance(e, LocalEntryNotFoundError):  # the library could not reach the hub
         cause = e.__cause__ or e
-        return DownloadError(f"{key}: could not reach {endpoint} to download {url} ({_first_line(cause)}). "
+        return DownloadError(f"{key}: could not reach {endpoint} to download {url} ({first_line(cause)}). "
                              f"Check the network, proxy or HF_ENDPOINT, {by_hand}.")
     if isinstance(e, (RepositoryNotFoundError, GatedRepoError)):
         return DownloadError(f"{key}: {endpoint} does not give access to the repository {repo} (HTTP "
@@ -573,21 +573,21 @@ def _hf_error(entry: KnownCheckpoint, f: RemoteFile, e: BaseException, url: str,
     if _hf_interrupted(e):
         if partial or attempts > 1 or isinstance(e, requests.exceptions.ChunkedEncodingError):
             got = f"{partial} of {size} bytes" if size else f"{partial} bytes"
-            return DownloadError(f"{key}: the download of {url} was interrupted ({_first_line(e)}) after "
+            return DownloadError(f"{key}: the download of {url} was interrupted ({first_line(e)}) after "
                                  f"{attempts} attempt(s); {got} are kept in {dest / '.cache' / 'huggingface'}. "
                                  "Run the same command again to resume.")
         what = "timed out" if isinstance(e, requests.exceptions.Timeout) else "could not connect"
-        return DownloadError(f"{key}: {what} reaching {endpoint} for {url} ({_first_line(e)}). Check the network, "
+        return DownloadError(f"{key}: {what} reaching {endpoint} for {url} ({first_line(e)}). Check the network, "
                              f"proxy or HF_ENDPOINT, {by_hand}.")
     # requests' errors are OSErrors too: they must not read as a disk problem
     if isinstance(e, requests.exceptions.HTTPError):
         return DownloadError(f"{key}: the hub answered HTTP {_status(e)} for {url}. Try again later, {by_hand}.")
     if isinstance(e, requests.exceptions.RequestException):
-        return DownloadError(f"{key}: could not download {url} ({type(e).__name__}: {_first_line(e)}). Check the "
+        return DownloadError(f"{key}: could not download {url} ({type(e).__name__}: {first_line(e)}). Check the "
                              f"network, proxy or HF_ENDPOINT (a full URL such as https://huggingface.co), {by_hand}.")
     if isinstance(e, OSError):
-        return DownloadError(f"{key}: cannot write {f.local} into {dest}: {_first_line(e)}")
-    return DownloadError(f"{key}: downloading {url} failed ({type(e).__name__}: {_first_line(e)}).")
+        return DownloadError(f"{key}: cannot write {f.local} into {dest}: {first_line(e)}")
+    return DownloadError(f"{key}: downloading {url} failed ({type(e).__name__}: {first_line(e)}).")
 
 
 def _status(e: BaseException) -> str:
@@ -664,7 +664,7 @@ def _get_resumable(url: str, part: Path, reporter: _Progress, timeout: float) ->
         part.unlink()
         raise _Interrupted(0, total, "the partial file did not match the server's copy; starting over") from None
     except (ConnectionError, http.client.HTTPException) as e:  # connected, then dropped before an answer
-        raise _Interrupted(have, None, _first_line(e)) from e
+        raise _Interrupted(have, None, first_line(e)) from e
     with resp:
         total: int | None
         if have and resp.status == 206:
@@ -684,7 +684,7 @@ def _get_resumable(url: str, part: Path, reporter: _Progress, timeout: float) ->
                 try:
                     chunk = resp.read(_CHUNK)
                 except (ConnectionError, TimeoutError, http.client.HTTPException) as e:
-                    raise _Interrupted(have, total, _first_line(e)) from e
+                    raise _Interrupted(have, total, first_line(e)) from e
                 if not chunk:
                     break
                 out.write(chunk)
@@ -735,11 +735,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(_CHUNK), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0][:300]
 
 
 # -- progress --------------------------------------------------------------------------------

@@ -181,10 +181,10 @@ def _smaller_tile(tile: int | None, hw: torch.Size, error: BaseException, handle
 
 
 def _out_of_memory(hw: torch.Size, tile: int, error: BaseException, handle: LUAModelHandle) -> Exception:
-    from ..lua_core.errors import LuaError
+    from ..lua_core.errors import LuaError, first_line
 
     tiles = f", even in {tile}-pixel tiles" if tile else ""
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+    first = first_line(error, 200)
     return LuaError(f"out of memory upscaling one {hw[0]}x{hw[1]} latent with {handle.name}{tiles}. Free memory "
                     f"(unload other models, lower the resolution or the batch) or start ComfyUI with --lowvram. "
                     f"({first})")

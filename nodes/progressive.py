@@ -183,9 +183,8 @@ class ReNoiseLatent(io.ComfyNode):
 
 
 def _named(node: str, e: Exception) -> ValueError:
-    """The error as the user sees it: prefixed with the node's display name (once)."""
-    text = str(e)
-    return ValueError(text if text.startswith(f"{node}:") else f"{node}: {text}")
+    """The error as the user sees it: prefixed with the node's display name."""
+    return ValueError(f"{node}: {e}")
 
 
 NODES: list[type] = [ProgressiveSampler, ReNoiseLatent]

@@ -62,7 +62,7 @@ def check_upscaler(upscale_model: LUAModelHandle | None, channels: int, scale: f
     if upscale_model.latent_channels != channels:
         fits = families_with_channels(upscale_model.latent_channels) or f"{upscale_model.latent_channels}-channel"
         have = families_with_channels(channels) or f"{channels}-channel"
-        raise ValueError(f"LUA Progressive Sampler: the upscaler {upscale_model.describe()} takes {fits} latents, "
+        raise ValueError(f"the upscaler {upscale_model.describe()} takes {fits} latents, "
                          f"but this MODEL's latents have {channels} channels ({have}). Load an upscaler for "
                          "this model, or leave upscale_model unconnected to interpolate.")
     from ..lua_core.errors import LuaError
@@ -72,7 +72,7 @@ def check_upscaler(upscale_model: LUAModelHandle | None, channels: int, scale: f
     try:
         plan_scale(upscale_model.upscaler, float(scale))
     except LuaError as e:
-        raise ValueError(f"LUA Progressive Sampler: scale {scale:g} between stages: {e}. Set scale to one it "
+        raise ValueError(f"scale {scale:g} between stages: {e}. Set scale to one it "
                          "does, or leave upscale_model unconnected to interpolate.") from None
 
 

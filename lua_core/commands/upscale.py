@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from safetensors.torch import load_file, save_file
     from tqdm import tqdm
 
-    from ..errors import LuaError
+    from ..errors import LuaError, first_line
     from ..inference import upscale_latent
     from ..loading import load_model
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         tensors = load_file(args.src)
     except (OSError, SafetensorError) as e:
         raise LuaError(f"cannot read {args.src} as a safetensors file of latents ({type(e).__name__}: "
-                       f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}). Give a .safetensors file "
+                       f"{first_line(e)}). Give a .safetensors file "
                        "(ComfyUI's Save Latent writes one, as .latent)") from None
     keys = args.key or list(tensors)
     missing = [k for k in keys if k not in tensors]
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         save_file(out, args.dst, metadata={"upscaled_by": f"{model.family} x{args.scale:g}"})
     except (OSError, SafetensorError) as e:
-        raise LuaError(f"cannot write {args.dst} ({str(e).strip().splitlines()[0]})") from None
+        raise LuaError(f"cannot write {args.dst} ({first_line(e)})") from None
     for k in keys:
         print(f"{k}: {tuple(tensors[k].shape)} -> {tuple(out[k].shape)}")
     print(f"wrote {args.dst} in {time.perf_counter() - t0:.2f}s")

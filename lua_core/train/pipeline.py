@@ -60,12 +60,13 @@ def run_stage(stage: StageConfig, data: LatentPairs, sdir: str | os.PathLike, mo
     ckpt = latest_checkpoint(sdir)
     state = torch.load(ckpt, map_location="cpu", weights_only=True) if ckpt else None
     if state is not None:
-        if expect_config is not None and LUAConfig.from_dict(state["config"]) != expect_config:
+        saved = LUAConfig.from_dict(state["config"])
+        if expect_config is not None and saved != expect_config:
             now, was = expect_config.to_dict(), state["config"]
             diff = {k: (was.get(k), v) for k, v in now.items() if was.get(k) != v}
             raise ValueError(f"{ckpt} was made for another model config (checkpoint, now): {diff}. Resume with "
                              "the same --model-config, or start a new run folder")
-        model = LUA(LUAConfig.from_dict(state["config"]))
+        model = LUA(saved)
         trainable = set(state["trainable"])
         for n, p in model.named_parameters():
             p.requires_grad_(n in trainable)
@@ -113,7 +114,7 @@ def train_curriculum(data_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
                     raise ValueError(f"{prev} takes {model.config.in_chans}-channel latents, the data "
                                      f"{data.latent_channels}: use the finetune command for another VAE")
             else:
-                model = new_model(model_config(preset, data.latent_channels), options.seed)
+                model = new_model(wanted, options.seed)
         meta = {**(metadata or {}), "training_stages": ",".join(map(str, stages))}
         final = run_stage(stage, data, sdir, model, vae=vae, options=options, metadata=meta, until=until,
                           expect_config=wanted)

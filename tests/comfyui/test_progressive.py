@@ -464,14 +464,14 @@ def test_errors_before_any_sampling(comfy_inproc: harness.InProcComfy, pack: Pac
     assert rec.calls == []
 
 
-def test_scale_one_needs_no_scale_from_the_upscaler(comfy_inproc: harness.InProcComfy, pack: Pack) -> None:
-    """At x1 the upscaler is never run (upscale_latent returns the latent), so a fixed-x2 upscaler
-    is no reason to refuse the run."""
+def x2_upscaler(pack: Pack, upscale: Callable[[Any, float], Any]) -> Any:
+    """A handle to a stand-in 4-channel x2 upscaler (the pack's own LatentUpscaler class) whose work
+    is ``upscale(latent, scale)``."""
     import torch
 
-    base = importlib.import_module(pack.module.__name__ + ".lua_core.archs.base")
+    base = importlib.import_module(pack.module.__name__ + ".lua_core.archs.base")  # imported here if not yet
 
-    class OnlyX2(base.LatentUpscaler):
+    class StandIn(base.LatentUpscaler):
         family = "test"
 
         def __init__(self) -> None:
@@ -487,11 +487,20 @@ def test_scale_one_needs_no_scale_from_the_upscaler(comfy_inproc: harness.InProc
             return frozenset({2.0})
 
         def upscale(self, latent: torch.Tensor, scale: float, **_: Any) -> torch.Tensor:
-            raise AssertionError("not called at x1")
+            return upscale(latent, scale)
+
+    return pack.handle.make_handle(StandIn(), "stand-in x2")
+
+
+def test_scale_one_needs_no_scale_from_the_upscaler(comfy_inproc: harness.InProcComfy, pack: Pack) -> None:
+    """At x1 the upscaler is never run (upscale_latent returns the latent), so a fixed-x2 upscaler
+    is no reason to refuse the run."""
+    def never(latent: Any, scale: float) -> Any:
+        raise AssertionError("not called at x1")
 
     model = tiny_model("SD15", "EPS")
     final, stages = comfy_inproc.run_node("LUA_ProgressiveSampler", **progressive_inputs(
-        model, empty_latent(model), scale=1.0, upscale_model=pack.handle.make_handle(OnlyX2(), "x2 only"))).outputs
+        model, empty_latent(model), scale=1.0, upscale_model=x2_upscaler(pack, never))).outputs
     assert tuple(final["samples"].shape[-2:]) == (8, 8) and len(stages) == 3
 
 
@@ -502,30 +511,13 @@ def test_a_cancel_during_an_upscaler_stops_before_the_next_stage(comfy_inproc: h
     import comfy.model_management as mm
     import torch
 
-    base = importlib.import_module(pack.module.__name__ + ".lua_core.archs.base")  # imported here if not yet
-
-    class CancelledDuring(base.LatentUpscaler):
-        family = "test"
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.weight = torch.nn.Parameter(torch.ones(1))
-
-        @property
-        def latent_channels(self) -> int:
-            return 4
-
-        @property
-        def native_scales(self) -> frozenset[float]:
-            return frozenset({2.0})
-
-        def upscale(self, latent: torch.Tensor, scale: float, **_: Any) -> torch.Tensor:
-            mm.interrupt_current_processing(True)  # the user presses cancel while it runs
-            return torch.nn.functional.interpolate(latent, scale_factor=scale, mode="nearest")
+    def cancelled_during(latent: Any, scale: float) -> Any:
+        mm.interrupt_current_processing(True)  # the user presses cancel while it runs
+        return torch.nn.functional.interpolate(latent, scale_factor=scale, mode="nearest")
 
     rec = Recorder()
     model = tiny_model("SD15", "EPS", rec)
-    handle = pack.handle.make_handle(CancelledDuring(), "cancelled")
+    handle = x2_upscaler(pack, cancelled_during)
     try:
         with pytest.raises(mm.InterruptProcessingException):
             comfy_inproc.run_node("LUA_ProgressiveSampler", **progressive_inputs(model, empty_latent(model),
