@@ -71,15 +71,15 @@ def plans(model: lua.LUA, x: torch.Tensor, repeat: int) -> None:
 
 
 def epilogue(model: lua.LUA, x: torch.Tensor, repeat: int) -> None:
-    saved = lua.BIAS_IN_GEMM_ON
+    saved = lua.attention.BIAS_IN_GEMM_ON
 
     def run(devices: tuple[str, ...]) -> Callable[[], object]:
         def fn() -> object:
-            lua.BIAS_IN_GEMM_ON = devices
+            lua.attention.BIAS_IN_GEMM_ON = devices
             try:
                 return model(x, "x2")
             finally:
-                lua.BIAS_IN_GEMM_ON = saved
+                lua.attention.BIAS_IN_GEMM_ON = saved
         return fn
 
     fns = {"separate bias adds (CPU default)": run(("cuda",)), "qkv, fc1 bias via addmm": run(("cuda", "cpu"))}

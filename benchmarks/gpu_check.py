@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import lua_speed  # noqa: E402
 
 from lua_baseline import baseline_forward  # noqa: E402
-from lua_core.archs import lua as lua_arch  # noqa: E402
+from lua_core.archs.lua import attention as attn  # noqa: E402
 
 
 def section(title: str, fn: Callable[[], None], only: set[str] | None = None) -> None:
@@ -66,39 +66,39 @@ def kernel_check(device: str) -> None:
                     SDPBackend.MATH):
         try:
             with sdpa_kernel([backend]):
-                out = lua_arch.window_sdpa(q, k, v, bias, hd ** -0.5)
+                out = attn.window_sdpa(q, k, v, bias, hd ** -0.5)
             print(f"  {backend.name}: ok, max|diff| vs fp32 {(out.float() - ref).abs().max().item():.2e}")
         except RuntimeError as e:
             print(f"  {backend.name}: refused ({str(e).splitlines()[0][:100]})")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        lua_arch.window_sdpa(q, k, v, bias, hd ** -0.5)
+        attn.window_sdpa(q, k, v, bias, hd ** -0.5)
         torch.cuda.synchronize()
     names = {e.key for e in prof.key_averages()}
     print("  default call runs:", "; ".join(sorted(n[:70] for n in names)))
 
 
-def _unpadded(self) -> lua_arch.AttentionWeights:
+def _unpadded(self) -> attn.AttentionWeights:
     """inference_weights without the padding (window_sdpa then pads q, k, v per call)."""
     w, c = self.qkv.weight, self.qkv.weight.shape[1]
     bias = torch.zeros(3 * c, dtype=w.dtype, device=w.device)
     bias[:c] = self.qkv.bias[:c]
-    return lua_arch.AttentionWeights(w, bias, self.proj.weight, self.proj_bias(), self.head_dim)
+    return attn.AttentionWeights(w, bias, self.proj.weight, self.proj_bias(), self.head_dim)
 
 
 @contextlib.contextmanager
 def variant(model, masked: bool, pad: str):
     """Temporarily switch the attention variant (pad: 'weights', 'per-call' or 'none')."""
-    saved = lua_arch.MASK_IN_BIAS_ON, lua_arch.PAD_HEAD_DIM_ON, lua_arch.WindowAttention.inference_weights
+    saved = attn.MASK_IN_BIAS_ON, attn.PAD_HEAD_DIM_ON, attn.WindowAttention.inference_weights
     kind = (next(model.parameters()).device.type,)
-    lua_arch.MASK_IN_BIAS_ON = kind if masked else ()
-    lua_arch.PAD_HEAD_DIM_ON = () if pad == "none" else kind
+    attn.MASK_IN_BIAS_ON = kind if masked else ()
+    attn.PAD_HEAD_DIM_ON = () if pad == "none" else kind
     if pad == "per-call":
-        lua_arch.WindowAttention.inference_weights = _unpadded
+        attn.WindowAttention.inference_weights = _unpadded
     model.clear_caches()
     try:
         yield
     finally:
-        lua_arch.MASK_IN_BIAS_ON, lua_arch.PAD_HEAD_DIM_ON, lua_arch.WindowAttention.inference_weights = saved
+        attn.MASK_IN_BIAS_ON, attn.PAD_HEAD_DIM_ON, attn.WindowAttention.inference_weights = saved
         model.clear_caches()
 
 
@@ -109,17 +109,17 @@ def forced_sdpa(name: str | None):
         yield
         return
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    plain, backend = lua_arch.window_sdpa, getattr(SDPBackend, name)
+    plain, backend = attn.window_sdpa, getattr(SDPBackend, name)
 
     def forced(*args, **kwargs):
         with sdpa_kernel([backend]):
             return plain(*args, **kwargs)
 
-    lua_arch.window_sdpa = forced
+    attn.window_sdpa = forced
     try:
         yield
     finally:
-        lua_arch.window_sdpa = plain
+        attn.window_sdpa = plain
 
 
 #: (label, mask in bias, head-dim padding, forced SDPA backend or None for PyTorch's choice)

@@ -1,4 +1,4 @@
-"""Winograd 3x3 (lua_core.archs.winograd) against oneDNN's direct conv, run by hand on CPU fp32.
+"""Winograd 3x3 (lua_core.archs.lua.winograd) against oneDNN's direct conv, run by hand on CPU fp32.
 
     python benchmarks/winograd_bench.py [--threads 2] [--repeat 5] [--tile 2|4|both]
 
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lua_core.archs.winograd import conv3x3, transform_weight, worthwhile
+from lua_core.archs.lua.winograd import conv3x3, transform_weight, worthwhile
 
 SHAPES = [  # (C_in, C_out, H = W, input layout)
     (360, 360, 64, "tokens"),  # (a) trunk conv, 7 per forward

@@ -31,3 +31,15 @@ class CheckpointError(LuaError):
 
 class DownloadError(LuaError):
     """A known checkpoint could not be fetched (missing file, offline without a cached copy, ...)."""
+
+
+class OutOfMemoryError(LuaError):
+    """One latent did not fit in memory even at batch size 1 (and in the smallest tiles, when tiles
+    were allowed as a fallback). ``size`` is its (height, width), ``tile`` the last tile size tried
+    (0: no tiles), ``cause`` the first line of the device's own error; a host adds its own advice."""
+
+    def __init__(self, size: tuple[int, int], tile: int, cause: str):
+        self.size, self.tile, self.cause = (int(size[0]), int(size[1])), int(tile), cause
+        tiles = f", even in {tile}-pixel tiles" if tile else ""
+        super().__init__(f"out of memory upscaling one {self.size[0]}x{self.size[1]} latent{tiles}. Free memory "
+                         f"(close other programs, lower the resolution or the batch). ({cause})")

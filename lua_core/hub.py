@@ -44,8 +44,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from .archs import FAMILY_NAMES
 from .errors import DownloadError, first_line
 from .latent_formats import LATENT_FORMATS
+from .scales import Scales
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,6 @@ log = logging.getLogger(__name__)
 #: raises (ComfyUI's cancel) stops the wait. ``total`` grows when a size becomes known.
 ProgressCallback = Callable[[int, int], None]
 
-FAMILIES = ("lua", "city96", "nnlatentupscale", "lssgen")
 LIBRARY_NAME = "ComfyUI-LUA"
 USER_AGENT = f"{LIBRARY_NAME} (lua_core.hub; python-urllib)"
 DEFAULT_RETRIES = 2  # resumed attempts after an interrupted transfer
@@ -89,10 +90,10 @@ class KnownCheckpoint:
     """A downloadable upscaler: where it comes from, where it goes, what it fits, its licence."""
 
     key: str  # stable id used by UIs and the CLI
-    family: str  # one of FAMILIES, the same names as lua_core.archs
+    family: str  # a family name of lua_core.archs (FAMILY_NAMES)
     title: str
     channels: int  # latent channels it takes
-    scales: tuple[float, ...] | str  # factors it was trained for, or a text such as "1-2 (any)"
+    scales: Scales  # factors it was trained for
     fits: tuple[str, ...]  # latent formats it is meant for (LATENT_FORMATS)
     license: str
     note: str  # one line for users (limits, licence caveats)
@@ -104,8 +105,10 @@ class KnownCheckpoint:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.family not in FAMILIES:
-            problems.append(f"family {self.family!r} is not one of {FAMILIES}")
+        if self.family not in FAMILY_NAMES:
+            problems.append(f"family {self.family!r} is not one of {FAMILY_NAMES}")
+        if not isinstance(self.scales, Scales):
+            problems.append(f"scales {self.scales!r} must be a lua_core.scales.Scales")
         if not set(self.fits) <= set(LATENT_FORMATS):
             problems.append(f"fits {self.fits} must be among {LATENT_FORMATS}")
         if not self.files:
@@ -124,12 +127,6 @@ class KnownCheckpoint:
     def is_folder(self) -> bool:
         """True when the checkpoint is a folder of files (LSSGen), not one file."""
         return any(f.local != self.local_name for f in self.files)
-
-    @property
-    def scales_text(self) -> str:
-        if isinstance(self.scales, str):
-            return self.scales
-        return ", ".join(f"x{s:g}" for s in self.scales)
 
     @property
     def source_text(self) -> str:
@@ -165,7 +162,7 @@ def _github_raw(owner_repo: str, ref: str, path: str) -> str:
 def _registry() -> tuple[KnownCheckpoint, ...]:
     entries = [KnownCheckpoint(
         key="lua-flux", family="lua", title="LUA for FLUX (official release)",
-        channels=16, scales=(2.0, 4.0), fits=("flux", "sd3"), license="Apache-2.0",
+        channels=16, scales=Scales.of(2, 4), fits=("flux", "sd3"), license="Apache-2.0",
         note="the official LUA weights, trained on FLUX.1 VAE latents; converted to safetensors once",
         homepage="https://huggingface.co/vaskers5/LUA-FLUX",
         files=(RemoteFile("lua_flux.pth"),), local_name="lua_flux.pth",
@@ -183,7 +180,7 @@ def _registry() -> tuple[KnownCheckpoint, ...]:
             entries.append(KnownCheckpoint(
                 key=f"city96-{fmt}-x{float(s):g}", family="city96",
                 title=f"city96 SD-Latent-Upscaler v2.1, SD{ver} x{s}",
-                channels=4, scales=(float(s),), fits=(fmt,), license="Apache-2.0",
+                channels=4, scales=Scales.of(float(s)), fits=(fmt,), license="Apache-2.0",
                 note="one fixed factor per file; raw latents",
                 homepage="https://huggingface.co/city96/SD-Latent-Upscaler",
                 files=(RemoteFile(name),), local_name=name,
@@ -193,7 +190,7 @@ def _registry() -> tuple[KnownCheckpoint, ...]:
     for fmt, name, label in (("sd15", "sd15_resizer.pt", "SD1.x"), ("sdxl", "sdxl_resizer.pt", "SDXL")):
         entries.append(KnownCheckpoint(
             key=f"nnlatent-{fmt}", family="nnlatentupscale", title=f"NNLatentUpscale (Ttl) for {label}",
-            channels=4, scales="1-2 (any)", fits=(fmt,), license="GPL-3.0",
+            channels=4, scales=Scales.between(1, 2), fits=(fmt,), license="GPL-3.0",
             note="GPL-3.0 weights; any factor from 1 to 2; converted to safetensors once",
             homepage="https://github.com/Ttl/ComfyUi_NNLatentUpscale",
             files=(RemoteFile(_github_raw("Ttl/ComfyUi_NNLatentUpscale", "master", name)),), local_name=name,
@@ -208,7 +205,7 @@ def _registry() -> tuple[KnownCheckpoint, ...]:
             for n in ("config.json", "diffusion_pytorch_model.safetensors"))
         entries.append(KnownCheckpoint(
             key=f"lssgen-{fmt}", family="lssgen", title=f"LSSGen latent upsampler for {folder}",
-            channels=ch, scales=(2.0,), fits=(fmt,), license="none stated",
+            channels=ch, scales=Scales.of(2), fits=(fmt,), license="none stated",
             note="no licence stated: research use only; works in the model's scaled latent space",
             homepage="https://github.com/inventec-ai-center/LSSGen",
             files=files, local_name=local,
@@ -847,11 +844,11 @@ def _run_polling(work: Callable[[], Any], poll: Callable[[], None]) -> Any:
 
 def describe(entries: Iterable[KnownCheckpoint] | None = None) -> list[dict[str, str]]:
     """Rows for tables (CLI ``--list``, docs): key, family, channels, scales, fits, licence, source, note."""
-    return [{"key": e.key, "family": e.family, "channels": str(e.channels), "scales": e.scales_text,
+    return [{"key": e.key, "family": e.family, "channels": str(e.channels), "scales": str(e.scales),
              "fits": ", ".join(e.fits), "license": e.license, "source": e.source_text, "note": e.note}
             for e in (KNOWN if entries is None else entries)]
 
 
-__all__ = ["DEFAULT_RETRIES", "FAMILIES", "KNOWN", "LATENT_FORMATS", "KnownCheckpoint", "ProgressCallback",
+__all__ = ["DEFAULT_RETRIES", "KNOWN", "LATENT_FORMATS", "KnownCheckpoint", "ProgressCallback",
            "RemoteFile", "default_models_dir", "describe", "download", "fetch", "fetch_known", "find_known",
            "hf_endpoint", "is_offline", "known_checkpoints"]

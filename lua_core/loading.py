@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from .archs import FAMILIES, LatentUpscaler, detect_family, family_by_name
+from .archs import FAMILIES, detect_family, family_by_name
+from .archs.base import LatentUpscaler
 from .checkpoints import (
     META_SOURCE,
     PICKLE_SUFFIXES,

@@ -25,17 +25,23 @@ their name is one the registry knows.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from ..lua_core import hub
-from ..lua_core.errors import LuaError
-from ..lua_core.latent_formats import LATENT_SPACES, families_with_channels
-from .probe import WEIGHTS, probe
+from ..lua_core import (
+    DIFFUSERS_WEIGHTS,
+    FAMILIES,
+    KNOWN,
+    LATENT_SPACES,
+    KnownCheckpoint,
+    LuaError,
+    Scales,
+    describe,
+    families_with_channels,
+    find_known,
+)
 
 log = logging.getLogger("ComfyUI-LUA")
 
@@ -43,11 +49,8 @@ FOLDER = "latent_upscale_models"
 AUTO = "auto"
 DOWNLOAD_PREFIX = "download/"
 
-#: ``auto`` prefers families in this order (see ``auto_choice``)
-FAMILY_ORDER = ("lua", "city96", "nnlatentupscale", "lssgen")
-FAMILY_LABELS = {"lua": "LUA", "city96": "city96", "nnlatentupscale": "NNLatentUpscale", "lssgen": "LSSGen"}
-#: the registry's family names where they differ from lua_core's
-_REGISTRY_FAMILY = {"nnlatent": "nnlatentupscale"}
+#: the family's rank for ``auto`` and its label come from its registry entry (``lua_core.FAMILIES``)
+_FAMILIES = {f.name: f for f in FAMILIES}
 RESEARCH_USE = "no licence stated: research use"
 #: the upscale node's default scale: ``auto`` prefers upscalers that can do it
 DEFAULT_SCALE = 2.0
@@ -61,10 +64,10 @@ class Choice:
     family: str | None = None  # lua_core's family name; None: unknown until loaded
     channels: int | None = None
     fits: tuple[str, ...] = ()  # latent formats it was made for; () = not known
-    scales: Any = None  # frozenset / ScaleRange (local), tuple / text (registry), None
+    scales: Scales | None = None  # None: not known until loaded
     license: str | None = None
     path: Path | None = None  # local file or folder; None for a download
-    known: hub.KnownCheckpoint | None = field(default=None, compare=False)
+    known: KnownCheckpoint | None = field(default=None, compare=False)
 
     @property
     def is_download(self) -> bool:
@@ -72,19 +75,21 @@ class Choice:
 
     @property
     def research_only(self) -> bool:
-        return self.family == "lssgen"
+        fam = _FAMILIES.get(self.family or "")
+        return fam is not None and fam.research_only
 
     @property
     def label(self) -> str:
         if self.family is None:
             return ""
-        parts = [FAMILY_LABELS.get(self.family, self.family)]
+        fam = _FAMILIES.get(self.family)
+        parts = [fam.label if fam else self.family]
         if self.channels:
             made_for = "/".join(LATENT_SPACES[f].label for f in self.fits) if self.fits else \
                 families_with_channels(self.channels)
             parts.append(f"{self.channels}ch {made_for}".strip())
         if self.scales is not None:
-            parts.append(scales_text(self.scales))
+            parts.append(self.scales.short)
         if self.research_only:
             parts.append("research use")
         elif self.license:
@@ -97,13 +102,8 @@ class Choice:
         return f"{self.name} [{label}]" if label else self.name
 
     def can_do(self, scale: float) -> bool:
-        """Whether one load serves ``scale`` (None scales: unknown, assumed yes)."""
-        s = self.scales
-        if s is None or isinstance(s, str):
-            return True
-        if isinstance(s, (frozenset, set, tuple, list)):
-            return any(math.isclose(scale, float(x), abs_tol=1e-6) for x in s)
-        return scale in s  # ScaleRange
+        """Whether one load serves ``scale`` natively (None scales: unknown, assumed yes)."""
+        return self.scales is None or scale in self.scales
 
     def describe(self) -> str:
         """``name (LUA · 16ch FLUX/SD3 · x2 x4)`` for messages."""
@@ -111,23 +111,13 @@ class Choice:
         return f"{self.name} ({label})" if label else self.name
 
 
-def scales_text(scales: Any) -> str:
-    """``x2 x4``, ``x1-2``, ``x1.5``: short, for labels."""
-    if isinstance(scales, str):
-        return "x" + scales.replace(" (any)", "").replace(" ", "")
-    low, high = getattr(scales, "low", None), getattr(scales, "high", None)
-    if low is not None and high is not None:
-        return f"x{low:g}-{high:g}"
-    return " ".join(f"x{float(s):g}" for s in sorted(scales))
-
-
 # ------------------------------------------------------------------------------------------------
 # Local files
 # ------------------------------------------------------------------------------------------------
-def _registry_by_local_name() -> dict[str, hub.KnownCheckpoint]:
+def _registry_by_local_name() -> dict[str, KnownCheckpoint]:
     """Registry entries by the names their files have on disk (raw and converted)."""
-    names: dict[str, hub.KnownCheckpoint] = {}
-    for e in hub.KNOWN:
+    names: dict[str, KnownCheckpoint] = {}
+    for e in KNOWN:
         names[e.local_name.lower()] = e
         stem, ext = os.path.splitext(e.local_name)
         if ext.lower() in (".pth", ".pt", ".ckpt", ".bin"):
@@ -137,12 +127,12 @@ def _registry_by_local_name() -> dict[str, hub.KnownCheckpoint]:
 
 def local_choice(path: Path, name: str) -> Choice | None:
     """The entry for a local file or LSSGen folder; None for a file that is no upscaler we know."""
-    pr = probe(path)
+    pr = describe(path)
     if pr.foreign:
         return None
     known = _registry_by_local_name().get(Path(name.rstrip("/")).name.lower())
-    family = pr.family or (_REGISTRY_FAMILY.get(known.family, known.family) if known else None)
-    if known is not None and family != _REGISTRY_FAMILY.get(known.family, known.family):
+    family = pr.family or (known.family if known else None)
+    if known is not None and family != known.family:
         known = None  # a file named like a registry entry but holding something else
     channels = pr.channels or (known.channels if known else None)
     if pr.latent_format:
@@ -173,7 +163,7 @@ def local_choices() -> list[Choice]:
         full = folder_paths.get_full_path(FOLDER, rel)
         if full is None:
             continue
-        if base == WEIGHTS and parent and (Path(full).parent / "config.json").is_file():
+        if base == DIFFUSERS_WEIGHTS and parent and (Path(full).parent / "config.json").is_file():
             name, path = parent + "/", Path(full).parent  # an LSSGen folder: one entry for it
         else:
             name, path = rel, Path(full)
@@ -187,12 +177,11 @@ def local_choices() -> list[Choice]:
 
 def download_choices() -> list[Choice]:
     """The registry's checkpoints, in registry order."""
-    return [download_choice(e) for e in hub.KNOWN]
+    return [download_choice(e) for e in KNOWN]
 
 
-def download_choice(e: hub.KnownCheckpoint) -> Choice:
-    return Choice(DOWNLOAD_PREFIX + e.key, _REGISTRY_FAMILY.get(e.family, e.family), e.channels, tuple(e.fits),
-                  e.scales, e.license, None, e)
+def download_choice(e: KnownCheckpoint) -> Choice:
+    return Choice(DOWNLOAD_PREFIX + e.key, e.family, e.channels, tuple(e.fits), e.scales, e.license, None, e)
 
 
 def all_choices() -> list[Choice]:
@@ -222,7 +211,7 @@ def find(value: str, choices: list[Choice] | None = None) -> Choice:
     if name.startswith(DOWNLOAD_PREFIX):
         key = name[len(DOWNLOAD_PREFIX):]
         try:
-            return download_choice(hub.find_known(key))
+            return download_choice(find_known(key))
         except LuaError as e:
             raise LuaError(f"{value!r} is not a download this version of the pack knows: {e} Pick another "
                            "entry.") from None
@@ -246,12 +235,12 @@ def _find_path(name: str) -> Path | None:
     full = folder_paths.get_full_path(FOLDER, clean)
     if full is not None:
         p = Path(full)
-        if p.name == WEIGHTS and (p.parent / "config.json").is_file():
+        if p.name == DIFFUSERS_WEIGHTS and (p.parent / "config.json").is_file():
             return p.parent
         return p
     for base in model_dirs():
         p = Path(base) / clean
-        if p.is_dir() and (p / WEIGHTS).is_file():
+        if p.is_dir() and (p / DIFFUSERS_WEIGHTS).is_file():
             return p
     return None
 
@@ -277,7 +266,8 @@ def download_dir() -> Path:
 # auto
 # ------------------------------------------------------------------------------------------------
 def _family_rank(c: Choice) -> int:
-    return FAMILY_ORDER.index(c.family) if c.family in FAMILY_ORDER else len(FAMILY_ORDER)
+    fam = _FAMILIES.get(c.family or "")
+    return fam.auto_rank if fam else len(_FAMILIES)
 
 
 def _tier(c: Choice, fmt: str) -> int | None:
@@ -316,8 +306,8 @@ def auto_choice(choices: list[Choice], fmt: str | None, channels: int | None) ->
     3. local files made for it that cannot do x2 (e.g. city96 x1.5: it would fail at the default);
     4. local files made for another format with the same channel count (a last resort).
 
-    Within a tier: those that do x2 first; then LUA, city96 v2.1, NNLatentUpscale, LSSGen; then by
-    name. So ``auto`` does not
+    Within a tier: those that do x2 first; then by the family's ``auto_rank`` (LUA, city96 v2.1,
+    NNLatentUpscale, LSSGen); then by name. So ``auto`` does not
     download while a fitting x2-capable file is on disk (what you put there is what you chose),
     prefers the small, exact-factor, Apache-2.0 city96 x2 for SDXL/SD1.5 over the GPL-3.0
     NNLatentUpscale, and never downloads LSSGen (no licence stated): a download of LUA or city96
@@ -329,7 +319,7 @@ def auto_choice(choices: list[Choice], fmt: str | None, channels: int | None) ->
         found = ranked(choices, "flux", 16, families=("lua",))
         if found:
             return found[0]
-        return download_choice(hub.find_known("lua-flux"))
+        return download_choice(find_known("lua-flux"))
     found = ranked(choices, fmt, channels or LATENT_SPACES[fmt].channels)
     if not found:
         raise LuaError(f"no upscaler fits {LATENT_SPACES[fmt].label} latents ({channels} channels), and none can "

@@ -17,10 +17,9 @@ from typing import Any
 import torch
 from comfy_api.latest import io
 
-from ..lua_core.errors import LuaError
+from ..lua_core import LuaError, family_by_name, file_stamp
 from . import catalog
 from .handle import LUAModel, LUAModelHandle, new_patcher
-from .probe import stamp
 
 log = logging.getLogger("ComfyUI-LUA")
 
@@ -110,11 +109,12 @@ def load(model_name: str, dtype: str = "auto", model: Any = None) -> LUAModelHan
     if channels is not None and upscaler.latent_channels != channels:  # a file whose header told nothing
         loaded = catalog.Choice(choice.name, upscaler.family, upscaler.latent_channels, scales=upscaler.native_scales)
         raise LuaError(mismatch_message(loaded.describe(), upscaler.latent_channels, fmt, channels, local))
-    if upscaler.family == "lssgen":
-        log.warning("ComfyUI-LUA: %s is an LSSGen upsampler: %s.", choice.name, catalog.RESEARCH_USE)
+    family = family_by_name(upscaler.family)
+    if family.research_only:
+        log.warning("ComfyUI-LUA: %s is an %s upsampler: %s.", choice.name, family.label, catalog.RESEARCH_USE)
     info = {"path": str(path), "family": upscaler.family, "source": "download" if choice.is_download else "local",
             "dtype": str(torch_dtype).removeprefix("torch.")}
-    if choice.research_only or upscaler.family == "lssgen":
+    if choice.research_only or family.research_only:
         info["license"] = catalog.RESEARCH_USE
     elif choice.license:
         info["license"] = choice.license
@@ -125,7 +125,7 @@ def model_latent(model: Any) -> tuple[str | None, int | None]:
     """(format name, channels) of a connected MODEL, from ``get_model_object("latent_format")``."""
     if model is None:
         return None, None
-    from ..lua_core.latent_formats import format_name
+    from ..lua_core import format_name
 
     try:
         lf = model.get_model_object("latent_format")
@@ -142,7 +142,7 @@ def model_latent(model: Any) -> tuple[str | None, int | None]:
 
 
 def mismatch_message(what: str, has: int, fmt: str | None, channels: int, local: list[catalog.Choice]) -> str:
-    from ..lua_core.latent_formats import LATENT_SPACES, families_with_channels
+    from ..lua_core import LATENT_SPACES, families_with_channels
 
     label = LATENT_SPACES[fmt].label if fmt else families_with_channels(channels)
     fits = catalog.fitting_names(local + catalog.download_choices(), fmt, channels)
@@ -161,10 +161,10 @@ def materialise(choice: catalog.Choice) -> Path:
     import comfy.model_management as mm
     import comfy.utils
 
-    from ..lua_core import hub
+    from ..lua_core import fetch, kept_conversion
 
     entry, dest = choice.known, catalog.download_dir()
-    if not entry.is_present(dest) and hub.kept_conversion(entry, dest) is None:
+    if not entry.is_present(dest) and kept_conversion(entry, dest) is None:
         log.info("ComfyUI-LUA: downloading %s (%s) into %s", entry.key, entry.source_text, dest)
     bar = comfy.utils.ProgressBar(1)
 
@@ -173,7 +173,7 @@ def materialise(choice: catalog.Choice) -> Path:
         bar.update_absolute(done, max(total, done, 1))
 
     try:
-        return hub.fetch(entry, dest, progress=progress)
+        return fetch(entry, dest, progress=progress)
     except ImportError as e:
         raise LuaError(f"downloading {entry.key} needs the Python package {e.name or e}: run pip install -r "
                        "requirements.txt in ComfyUI's Python, or put the file into "
@@ -204,7 +204,7 @@ def cached_patcher(path: Path, dtype: torch.dtype) -> Any:
     """The ModelPatcher for ``path`` in ``dtype``: reused while ComfyUI still holds it, else built."""
     from ..lua_core import load_model
 
-    key = (*stamp(path), str(dtype))
+    key = (*file_stamp(path), str(dtype))
     patcher = _PATCHERS.get(key)
     if patcher is None:
         patcher = new_patcher(load_model(path, device="cpu", dtype=dtype))

@@ -25,7 +25,7 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from ..lua_core.errors import LuaError
+from ..lua_core import LuaError
 from .handle import LUAModel, LUAModelHandle
 from .progressive_plan import FLUX_BASE_SHIFT, FLUX_MAX_SHIFT
 from .progressive_run import MAX_SEED, renoise_latent, run_progressive

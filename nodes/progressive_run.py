@@ -12,8 +12,7 @@ from typing import Any
 
 import torch
 
-from ..lua_core.errors import LuaError
-from ..lua_core.latent_formats import families_with_channels, format_name
+from ..lua_core import LuaError, families_with_channels, format_name
 from .handle import LUAModelHandle, run_upscale
 from .progressive_noise import renoise, schedule, stage_sigmas, uses_flux_shift, with_flux_shift
 from .progressive_plan import FLUX_BASE_SHIFT, FLUX_MAX_SHIFT, Stage, plan_stages, schedule_length
@@ -65,12 +64,10 @@ def check_upscaler(upscale_model: LUAModelHandle | None, channels: int, scale: f
         raise ValueError(f"the upscaler {upscale_model.describe()} takes {fits} latents, "
                          f"but this MODEL's latents have {channels} channels ({have}). Load an upscaler for "
                          "this model, or leave upscale_model unconnected to interpolate.")
-    from ..lua_core.errors import LuaError
-    from ..lua_core.inference import plan_scale
     if float(scale) == 1.0:  # x1 returns the latent without running the upscaler (upscale_latent)
         return
     try:
-        plan_scale(upscale_model.upscaler, float(scale))
+        upscale_model.upscaler.plan_scale(float(scale))
     except LuaError as e:
         raise ValueError(f"scale {scale:g} between stages: {e}. Set scale to one it "
                          "does, or leave upscale_model unconnected to interpolate.") from None

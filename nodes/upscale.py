@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from comfy_api.latest import io
 
-from ..lua_core.errors import LuaError
-from ..lua_core.latent_formats import LATENT_SPACES
+from ..lua_core import LATENT_SPACES, LuaError
 from .handle import LUAModel, LUAModelHandle, run_upscale
 
 NODE_ID = "LUA_LatentUpscale"
@@ -101,7 +100,7 @@ def upscale(samples: dict, handle: LUAModelHandle, scale: float, latent_format: 
 
 
 def check_channels(channels: int, handle: LUAModelHandle) -> None:
-    from ..lua_core.latent_formats import families_with_channels
+    from ..lua_core import families_with_channels
 
     has = handle.latent_channels
     if channels == has:
@@ -116,8 +115,6 @@ def check_channels(channels: int, handle: LUAModelHandle) -> None:
 def pick_format(choice: str, handle: LUAModelHandle, channels: int) -> str | None:
     """The latent format to pass on: the node's choice, else the loader's MODEL; errors when a model
     that needs one (LSSGen) gets none, or when it contradicts the latent's channel count."""
-    from ..lua_core.latent_formats import LATENT_SPACES
-
     if choice not in LATENT_FORMATS:
         raise LuaError(f"latent_format must be one of {', '.join(LATENT_FORMATS)}, not {choice!r}.")
     fmt = handle.latent_format if choice == "auto" else choice

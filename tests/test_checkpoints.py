@@ -98,7 +98,7 @@ def test_load_from_state_dict_and_device_dtype():
     model = make_lua()
     loaded = lua_core.load_model({"params_ema": official_state_dict(model)}, dtype=torch.bfloat16)
     assert loaded.dtype == torch.bfloat16 and not loaded.training
-    assert loaded.latent_channels == 16 and loaded.native_scales == {2.0, 4.0} and loaded.family == "lua"
+    assert loaded.latent_channels == 16 and loaded.native_scales == lua_core.Scales.of(2, 4) and loaded.family == "lua"
 
 
 def test_convert_once_then_reuse(tmp_path):

@@ -1,4 +1,4 @@
-"""The head's linear tail folded into one convolution (lua_core.archs.folded_head) equals the
+"""The head's linear tail folded into one convolution (lua_core.archs.lua.folded_head) equals the
 released chain: exactly in float64 (any size, x2/x3/x4, batch, edges), to fp32 rounding in fp32."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lua_core.archs.folded_head import fold, fold_step
 from lua_core.archs.lua import Head
+from lua_core.archs.lua.folded_head import fold, fold_step
 
 
 def _head(scale: int, seed: int = 0, dtype=torch.float64, nf: int = 12, out: int = 5) -> Head:

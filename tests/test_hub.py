@@ -22,7 +22,7 @@ import torch
 import lua_core
 from conftest import DATA, ROOT
 from hubserver import HubServer
-from lua_core import DownloadError, LuaError
+from lua_core import DownloadError, LuaError, Scales
 from lua_core.archs.lua import LUA, LUAConfig
 from lua_core.checkpoints import read_checkpoint
 from lua_core.hub import (
@@ -132,7 +132,7 @@ def test_registry_entries_match_their_sources():
 
     lua = find_known("lua-flux")
     assert (lua.hf_repo, [f.source for f in lua.files], lua.channels) == (LUA_REPO, [LUA_FILE], 16)
-    assert (lua.scales, set(lua.fits), lua.license) == ((2.0, 4.0), {"flux", "sd3"}, "Apache-2.0")
+    assert (lua.scales, set(lua.fits), lua.license) == (Scales.of(2, 4), {"flux", "sd3"}, "Apache-2.0")
 
     city = by_family["city96"]
     assert {e.files[0].source for e in city} == {f"latent-upscaler-v2.1_SD{v}-x{s}.safetensors"
@@ -140,7 +140,7 @@ def test_registry_entries_match_their_sources():
     for e in city:
         assert e.hf_repo == "city96/SD-Latent-Upscaler" and e.channels == 4 and e.license == "Apache-2.0"
         assert e.fits == (("sd15",) if "_SDv1-" in e.local_name else ("sdxl",))
-        assert e.scales == (float(e.local_name.rsplit("-x", 1)[1].removesuffix(".safetensors")),)
+        assert e.scales == Scales.of(float(e.local_name.rsplit("-x", 1)[1].removesuffix(".safetensors")))
         assert e.revision and len(e.revision) == 40 and int(e.revision, 16) >= 0
 
     for e in by_family["nnlatentupscale"]:
@@ -151,7 +151,7 @@ def test_registry_entries_match_their_sources():
     want = {"FLUX": ("flux", 16), "SD3": ("sd3", 16), "SDXL": ("sdxl", 4), "SD": ("sd15", 4)}
     for e in by_family["lssgen"]:
         folder = e.local_name.removeprefix("LSSGen-").removesuffix("-VAE-scaler")
-        assert (e.fits[0], e.channels) == want[folder] and e.scales == (2.0,) and e.is_folder
+        assert (e.fits[0], e.channels) == want[folder] and e.scales == Scales.of(2) and e.is_folder
         assert [f.source.rsplit(f"/weights/{folder}-VAE-scaler/", 1)[1] for f in e.files] == [
             "config.json", "diffusion_pytorch_model.safetensors"]
         assert all(f.source.startswith(f"https://github.com/{LSS_REPO}/raw/") for f in e.files)

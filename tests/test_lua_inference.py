@@ -192,7 +192,7 @@ def test_progress_is_reported_and_cancel_stops():
     model = make_lua(tiny_config(depths=(2, 2, 2), num_heads=(2, 2, 2)))
     seen = []
     lua_core.upscale_latent(model, torch.randn(1, 16, 8, 8), 2, progress=lambda d, t: seen.append((d, t)))
-    assert seen == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert seen == [(25, 100), (50, 100), (75, 100), (100, 100)]  # hundredths of a latent over the batch
 
     class Cancelled(Exception):
         pass
@@ -343,11 +343,12 @@ def test_gpu_attention_layout_is_exact(public16, monkeypatch, pad, masked, gemm_
     by enabling them there: the official outputs within the conformance tolerance, and the plain
     CPU path's within fp32 rounding."""
     from lua_core.archs import lua as lua_arch
+    from lua_core.archs.lua import attention
     model, vec = public16
     plain = lua_core.upscale_latent(model, vec["input_1"], 2)
     for flag, on in (("PAD_HEAD_DIM_ON", pad), ("MASK_IN_BIAS_ON", masked), ("BIAS_IN_GEMM_ON", gemm_bias)):
         if on:
-            monkeypatch.setattr(lua_arch, flag, ("cpu",))
+            monkeypatch.setattr(attention, flag, ("cpu",))
     model.clear_caches()
     try:
         for i, scale in itertools.product((0, 1), (2, 4)):
@@ -388,9 +389,10 @@ def test_kept_bytes_is_what_inference_keeps(monkeypatch, gpu, overrides):
     and (switched on here) on CUDA's layout, for head dims that need padding (tiny: 6) or not (8),
     without a qkv bias, and without shifted blocks."""
     from lua_core.archs import lua as lua_arch
+    from lua_core.archs.lua import attention
     if gpu:
         for flag in ("PAD_HEAD_DIM_ON", "MASK_IN_BIAS_ON", "BIAS_IN_GEMM_ON"):
-            monkeypatch.setattr(lua_arch, flag, ("cpu",))
+            monkeypatch.setattr(attention, flag, ("cpu",))
     model = make_lua(tiny_config(**overrides))
     lua_core.upscale_latent(model, torch.randn(1, 16, 16, 16), 2)
     assert _kept_elements(model) * 4 == lua_arch.kept_bytes(model.config, 4, "cpu")

@@ -22,7 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import lua_core
-from lua_core.archs import ScaleRange, detect_family
+from lua_core import Scales
+from lua_core.archs import detect_family
 from lua_core.checkpoints import read_checkpoint
 from lua_core.latent_formats import latent_space
 
@@ -115,10 +116,10 @@ def test_model_interface(conformance):
     nn = lua_core.load_model(_folder(conformance, "nnlatentupscale") / "resizer.pt")
     l16 = lua_core.load_model(_folder(conformance, "lssgen16"))
     l4 = lua_core.load_model(_folder(conformance, "lssgen4"))
-    assert (city.family, city.latent_channels, city.native_scales) == ("city96", 4, frozenset({1.5}))
-    assert (nn.family, nn.latent_channels, nn.native_scales) == ("nnlatentupscale", 4, ScaleRange(1.0, 2.0))
-    assert (l16.family, l16.latent_channels, l16.native_scales) == ("lssgen", 16, frozenset({2.0, 4.0}))
-    assert (l4.latent_channels, l4.native_scales) == (4, frozenset({2.0, 4.0}))
+    assert (city.family, city.latent_channels, city.native_scales) == ("city96", 4, Scales.of(1.5))
+    assert (nn.family, nn.latent_channels, nn.native_scales) == ("nnlatentupscale", 4, Scales.between(1, 2))
+    assert (l16.family, l16.latent_channels, l16.native_scales) == ("lssgen", 16, Scales.of(2, 4))
+    assert (l4.latent_channels, l4.native_scales) == (4, Scales.of(2, 4))
     assert not city.needs_latent_format and not nn.needs_latent_format and l16.needs_latent_format
     assert nn.config_dict() == {"in_blocks": 3, "out_blocks": 2, "channels": 32, "attn": True}
 
@@ -232,7 +233,7 @@ def test_city96_conflicting_scale_is_refused(conformance):
     path = _folder(conformance, "city96") / CITY_X15
     with pytest.raises(lua_core.CheckpointError, match="scale= says x2 but its file name says x1.5"):
         lua_core.load_model(path, scale=2.0)
-    assert lua_core.load_model(path, scale=1.5).native_scales == frozenset({1.5})
+    assert lua_core.load_model(path, scale=1.5).native_scales == Scales.of(1.5)
 
 
 # --------------------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def test_finetune_exports_a_checkpoint_load_model_runs_at_16_channels(env, tmp_p
     assert meta["latent_format"] == "flux" and meta["latent_channels"] == "16"
     assert meta["finetuned_from"] == "base.safetensors" and meta["trunk_frozen"] == "false"
     model = lua_core.load_model(out)
-    assert model.latent_channels == 16 and model.native_scales == frozenset({2.0, 4.0})
+    assert model.latent_channels == 16 and model.native_scales == lua_core.Scales.of(2, 4)
     z = torch.randn(1, 16, 6, 5)
     assert lua_core.upscale_latent(model, z, 2).shape == (1, 16, 12, 10)
     assert lua_core.upscale_latent(model, z, 4).shape == (1, 16, 24, 20)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lua_core.archs import winograd
-from lua_core.archs.winograd import conv3x3, supports, transform_weight, worthwhile
+from lua_core.archs.lua import winograd
+from lua_core.archs.lua.winograd import conv3x3, supports, transform_weight, worthwhile
 
 
 def _case(n: int, cin: int, cout: int, h: int, w: int, layout: str, bias: bool, seed: int = 0):

@@ -1,60 +1,53 @@
-"""What every latent-upscaler family shares: the module interface and the registry entry.
+"""What every latent-upscaler family's module shares: the interface and the capabilities it declares.
 
-The loaders, the inference layer and the ComfyUI nodes only talk to this interface, so adding a
-family means one new module in ``archs/`` and one line in ``archs/__init__.py``.
+The loaders, ``upscale_latent``, the tiler and the ComfyUI nodes only talk to this interface, so
+adding a family means one new module in ``archs/`` and its entry in ``archs/__init__.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..errors import LuaError
+from ..scales import Scales
+
 StateDict = Mapping[str, torch.Tensor]
 
-
-@dataclass(frozen=True)
-class ScaleRange:
-    """A continuous range of scale factors (both ends included)."""
-
-    low: float
-    high: float
-
-    def __contains__(self, scale: object) -> bool:
-        return isinstance(scale, (int, float)) and self.low - 1e-9 <= float(scale) <= self.high + 1e-9
-
-    def __str__(self) -> str:
-        return f"any scale from {self.low:g} to {self.high:g}"
-
-
-def describe_scales(scales: frozenset[float] | ScaleRange) -> str:
-    """Human text for a model's scales, for error messages and UI labels."""
-    if isinstance(scales, ScaleRange):
-        return str(scales)
-    return ", ".join(f"x{s:g}" for s in sorted(scales))
+#: working memory per output element per channel of the widest layer, for families without their own estimate
+GENERIC_MEMORY_FACTOR = 3
 
 
 class LatentUpscaler(nn.Module):
-    """Base class of every family's module.
+    """Base class of every family's module, and what each declares about itself.
 
-    Subclasses set ``family`` and implement ``native_scales`` and ``upscale``. ``upscale`` takes and
-    returns *raw* latents (what a ComfyUI LATENT holds) in the module's dtype and device; any
-    latent-space wrapping a family was trained with happens inside it.
+    Subclasses set ``family`` and implement ``latent_channels``, ``native_scales``,
+    ``config_dict`` and ``upscale``. ``upscale`` takes and returns *raw* latents (what a ComfyUI
+    LATENT holds) in the module's dtype and device; any latent-space wrapping a family was trained
+    with happens inside it. The class attributes and the memory methods are the family's
+    capabilities: ``upscale_latent``, the tiler and the ComfyUI nodes read them instead of asking
+    which family they hold.
     """
 
     family: str = "?"
     #: True when ``upscale`` needs to know the latent format (e.g. models trained on scaled latents).
     needs_latent_format: bool = False
+    #: True when a scale between two native ones is served by the next larger native scale, resized
+    #: down (``plan_scale``); False: only the native scales run.
+    resample_to_any_scale: bool = False
+    #: tiles start on multiples of this many latent pixels (LUA: its attention window, so a tile's
+    #: windows are the whole latent's) and span at least two of them.
+    tile_align: int = 1
 
     @property
     def latent_channels(self) -> int:
         raise NotImplementedError
 
     @property
-    def native_scales(self) -> frozenset[float] | ScaleRange:
+    def native_scales(self) -> Scales:
         """The scales one forward pass produces."""
         raise NotImplementedError
 
@@ -66,6 +59,49 @@ class LatentUpscaler(nn.Module):
                 **options: Any) -> torch.Tensor:
         raise NotImplementedError
 
+    def plan_scale(self, scale: float) -> tuple[float, bool]:
+        """(scale to run natively, whether to resample the result to the requested size).
+
+        A native scale runs as is (exact). Otherwise, for a model with a fixed set of scales that
+        ``resample_to_any_scale``, the smallest native scale above the request runs and its output
+        is resampled down: downscaling a sharper, larger prediction keeps the detail the model adds,
+        while upscaling a smaller one would interpolate it away. Anything else is refused with
+        ``LuaError`` saying what the model does.
+        """
+        scales = self.native_scales
+        native = scales.native(scale)
+        if native is not None:
+            return native, False
+        if scales.is_range:
+            raise LuaError(f"this {self.family} upscaler does {scales}; x{scale:g} is outside that range")
+        above = scales.above(scale)
+        if self.resample_to_any_scale:
+            if above is not None and scale >= 1.0:
+                return above, True
+            top = scales.largest
+            raise LuaError(f"this {self.family} upscaler does any scale from 1 to {top:g} ({scales} exactly), not "
+                           f"x{scale:g}: upscale by x{top:g} or less, then upscale again if you need more")
+        raise LuaError(f"this {self.family} upscaler does {scales}, not x{scale:g}")
+
+    def working_memory(self, shape: tuple[int, ...], scale: float) -> int:
+        """Estimated peak bytes beyond the weights of one ``upscale`` of a latent of ``shape`` at the
+        native ``scale``, in the module's dtype (its output included, the caller's copies not).
+
+        Why: ComfyUI frees this much (unloading other models) before the forward runs, and the
+        batch is split into sub-batches that fit. Too small risks an out-of-memory error (caught,
+        then retried smaller); too large only unloads more than needed. This default suits plain
+        conv nets: about three activations as wide as the widest layer, at the output size.
+        """
+        b, c, h, w = shape
+        oh, ow = max(1, round(h * scale)), max(1, round(w * scale))
+        widest = max((p.shape[0] for p in self.parameters() if p.ndim >= 2), default=c)
+        return GENERIC_MEMORY_FACTOR * b * widest * oh * ow * self.dtype.itemsize
+
+    def kept_memory(self, device: torch.device | str) -> int:
+        """Bytes the module keeps on ``device`` beyond its state dict once it has run (derived
+        values built by inference), which a host counting the weights alone would miss."""
+        return 0
+
     # No ``device`` property: ComfyUI's ModelPatcher assigns ``model.device`` itself.
     @property
     def dtype(self) -> torch.dtype:
@@ -74,20 +110,6 @@ class LatentUpscaler(nn.Module):
     @property
     def weights_device(self) -> torch.device:
         return next(self.parameters()).device
-
-
-@dataclass(frozen=True)
-class Family:
-    """Registry entry: how a family recognises its state dicts and builds itself from them.
-
-    ``build(state_dict, config, hints)`` gets the tensors, the config found in the file (or None)
-    and loader hints (such as the file name, from which some families take their scale).
-    """
-
-    name: str
-    detect: Callable[[StateDict], bool]
-    build: Callable[[StateDict, dict[str, Any] | None, dict[str, Any]], LatentUpscaler]
-    description: str = ""
 
 
 def load_exact(module: nn.Module, sd: StateDict, what: str) -> None:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError
+from ..scales import Scales
 from .base import LatentUpscaler, StateDict, load_exact
 
 RELEASED_SCALES = (1.25, 1.5, 2.0)
@@ -87,8 +88,8 @@ class City96Upscaler(LatentUpscaler):
         return self.config.channels
 
     @property
-    def native_scales(self) -> frozenset[float]:
-        return frozenset({self.config.scale})
+    def native_scales(self) -> Scales:
+        return Scales.of(self.config.scale)
 
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)

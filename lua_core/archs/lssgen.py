@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..latent_formats import latent_space
+from ..scales import Scales
 from .base import LatentUpscaler, StateDict, load_exact
 
 PREFIX = "upsampler."
@@ -166,9 +167,9 @@ class LSSGenUpscaler(LatentUpscaler):
         return self.config.in_channels
 
     @property
-    def native_scales(self) -> frozenset[float]:
+    def native_scales(self) -> Scales:
         f = self.config.factor
-        return frozenset({f, f * f}) if f > 1 else frozenset({f})
+        return Scales.of(f, f * f)
 
     def config_dict(self) -> dict[str, Any]:
         return self.config.to_dict()

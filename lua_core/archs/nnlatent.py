@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LatentUpscaler, ScaleRange, StateDict, load_exact
+from ..scales import Scales
+from .base import LatentUpscaler, StateDict, load_exact
 
 #: the node multiplies raw latents by this before the network and divides after (SD1.x and SDXL)
 LATENT_SCALE = 0.13025
@@ -133,8 +134,8 @@ class NNLatentUpscaler(LatentUpscaler):
         return 4
 
     @property
-    def native_scales(self) -> ScaleRange:
-        return ScaleRange(1.0, 2.0)
+    def native_scales(self) -> Scales:
+        return Scales.between(1.0, 2.0)
 
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)

@@ -107,8 +107,9 @@ def evaluate(model: Any, data_dir: str | os.PathLike, vae: Any, *, scales: Seque
 
 
 def _native(model: Any) -> set[float]:
-    scales = getattr(model, "native_scales", frozenset())
-    return set(scales) if isinstance(scales, frozenset) else set()
+    """The exact scales a model runs natively (none for a range family, which evaluation does not cover)."""
+    scales = getattr(model, "native_scales", None)
+    return set(scales.exact) if scales is not None else set()
 
 
 def format_table(rows: Sequence[EvalRow], note: str = "") -> str:

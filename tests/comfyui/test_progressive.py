@@ -483,8 +483,8 @@ def x2_upscaler(pack: Pack, upscale: Callable[[Any, float], Any]) -> Any:
             return 4
 
         @property
-        def native_scales(self) -> frozenset[float]:
-            return frozenset({2.0})
+        def native_scales(self) -> Any:
+            return importlib.import_module(pack.module.__name__ + ".lua_core").Scales.of(2)
 
         def upscale(self, latent: torch.Tensor, scale: float, **_: Any) -> torch.Tensor:
             return upscale(latent, scale)
