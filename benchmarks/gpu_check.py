@@ -135,13 +135,16 @@ VARIANTS = [
 ]
 
 
-def variants(device: str, size: int, repeat: int, which: str) -> None:
-    model = lua_speed.released_model(device, torch.bfloat16)
-    x = torch.randn(1, 16, size, size, device=device, dtype=torch.bfloat16)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def variants(device: str, size: int, repeat: int, which: str, dtype: str = "bf16") -> None:
+    model = lua_speed.released_model(device, DTYPES[dtype])
+    x = torch.randn(1, 16, size, size, device=device, dtype=DTYPES[dtype])
     chosen = [v for i, v in enumerate(VARIANTS) if which == "all" or str(i) in which.split("+")]
     with torch.inference_mode():
         ref = baseline_forward(model, x, "x2").float()
-        print(f"  {size}^2 x2 bf16              {'baseline ms':>11} {'ours ms':>8} {'ratio':>6} {'max|diff|':>9}")
+        print(f"  {size}^2 x2 {dtype}              {'baseline ms':>11} {'ours ms':>8} {'ratio':>6} {'max|diff|':>9}")
         for label, masked, pad, backend in chosen:
             if backend is not None and not device.startswith("cuda"):
                 continue
@@ -185,6 +188,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--sizes", default="64,128,256")
     ap.add_argument("--variant-size", type=int, default=128)
+    ap.add_argument("--variant-dtype", choices=list(DTYPES), default="bf16",
+                    help="dtype of section 2 (fp32 for a CPU dry run: bf16 on a CPU without bf16 units is very slow)")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--sections", default="1,2,3,4a,4b,5a,5b,6", help="which parts to run")
     ap.add_argument("--variants", default="all", help="indices into VARIANTS joined by '+', or 'all'")
@@ -205,7 +210,8 @@ def main() -> None:
     if cuda:
         section("1. SDPA kernels for window attention (bf16, head_dim padded in the weights)",
                 lambda: kernel_check(a.device), only)
-    section("2. attention variants", lambda: variants(a.device, a.variant_size, a.repeat, a.variants), only)
+    section("2. attention variants",
+            lambda: variants(a.device, a.variant_size, a.repeat, a.variants, a.variant_dtype), only)
     if a.sdpa:
         print(f"lua_core's window attention forced onto {a.sdpa} from here on")
     stack = contextlib.ExitStack()

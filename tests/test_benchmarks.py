@@ -41,11 +41,13 @@ def test_cpu_alternatives_runs_every_section() -> None:
 
 
 def test_gpu_check_dry_run_on_cpu() -> None:
+    # section 2 in fp32: on a CPU without bf16 units (AMD EPYC here) its twelve bf16 forwards of the
+    # released-size model took 12 minutes; the point is that every variant still runs and agrees
     out = run("gpu_check.py", "--device", "cpu", "--sizes", "16", "--variant-size", "16", "--repeat", "1",
-              "--sections", "2,6")
+              "--sections", "2,6", "--variant-dtype", "fp32")
     variants = [line.split() for line in out.splitlines() if line.startswith("  ") and ("regions" in line or
                                                                                       "mask-in-bias" in line
                                                                                       or "default" in line)]
     assert len(variants) == 6, out
-    assert all(float(v[-1]) < 1e-2 for v in variants), out  # bf16 against the bf16 baseline
+    assert all(float(v[-1]) < 1e-4 for v in variants), out  # fp32 against the fp32 baseline
     assert out.count("max |diff| vs fp32 official") == 4, out

@@ -144,11 +144,14 @@ def test_writes_autograd_does_not_see_are_caught_or_cleared():
         model(x, "x2")
     donor = make_lua(cfg, seed=4)
     with torch.no_grad():
-        ref = baseline_forward(donor, x, "x2")
+        base = baseline_forward(donor, x, "x2")  # fp32 rounding relative to outputs of ~15 (Winograd, 160 wide)
+        assert (donor(x, "x2") - base).abs().max().item() <= 1e-5 * base.abs().max().item()
+    with torch.inference_mode():  # what a model freshly built with the new weights gives: stale values differ by ~1-10
+        ref = make_lua(cfg, seed=4)(x, "x2").clone()
     # load_state_dict into inference tensors: no version bump, caught by the post-load hook
     with torch.inference_mode():
         model.load_state_dict(donor.state_dict())
-        assert (model(x, "x2") - ref).abs().max().item() <= 1e-4
+        assert (model(x, "x2") - ref).abs().max().item() <= 1e-5
     # a write through .data on normal tensors: invisible to version counters; clear_caches() says so
     model2 = make_lua(cfg, seed=3)
     with torch.inference_mode():
@@ -157,7 +160,7 @@ def test_writes_autograd_does_not_see_are_caught_or_cleared():
         p.data.copy_(q.data)
     model2.clear_caches()
     with torch.inference_mode():
-        assert (model2(x, "x2") - ref).abs().max().item() <= 1e-4
+        assert (model2(x, "x2") - ref).abs().max().item() <= 1e-5
     # a replaced parameter object (ComfyUI's set_attr_param) is a different object: rebuilt
     model3 = make_lua(cfg, seed=3)
     with torch.inference_mode():
@@ -166,7 +169,7 @@ def test_writes_autograd_does_not_see_are_caught_or_cleared():
         mod_name, attr = name.rsplit(".", 1)
         setattr(model3.get_submodule(mod_name), attr, torch.nn.Parameter(q.detach().clone()))
     with torch.inference_mode():
-        assert (model3(x, "x2") - ref).abs().max().item() <= 1e-4
+        assert (model3(x, "x2") - ref).abs().max().item() <= 1e-5
 
 
 def test_autocast_inference_runs_and_stays_close():
