@@ -25,10 +25,6 @@ def _conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> to
     return F.conv2d(x, w, b)
 
 
-def _mish(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.tanh(F.softplus(x))
-
-
 class ReferenceSesqui:
     """``forward(z, (th, tw))``: the model in its own (VAE) space, reading ``sd`` on every call."""
 
@@ -45,9 +41,10 @@ class ReferenceSesqui:
         y = (x - mean) / s * sd[prefix + "norm.weight"].view(1, -1, 1, 1)
         u = F.conv2d(y, sd[prefix + "up.weight"])
         g = u.shape[1] // 9
-        values = _mish(u[:, :8 * g])
-        gates = torch.tanh(u[:, 8 * g:] / 2)
-        gated = torch.cat([values[:, 8 * k:8 * k + 8] * gates[:, k:k + 1] for k in range(g)], dim=1)
+        b, _, hh, ww = u.shape
+        values = F.mish(u[:, :8 * g]).view(b, g, 8, hh, ww)
+        gates = torch.tanh(u[:, 8 * g:] / 2).view(b, g, 1, hh, ww)
+        gated = (values * gates).view(b, 8 * g, hh, ww)  # gate k scales value channels 8k to 8k + 7
         h = _conv(F.conv2d(gated, sd[prefix + "down.weight"]), sd[prefix + "mix.weight"])
         return x + s * h
 
@@ -65,7 +62,7 @@ class ReferenceSesqui:
         cond = torch.cat([torch.sin(angle), torch.cos(angle), torch.full((n_tgt, 1), foot),
                           sd["upsample.axis_emb.weight"][axis].expand(n_tgt, -1),
                           sd["upsample.rank_emb.weight"][rank].expand(n_tgt, -1)], dim=1)
-        hidden = _mish(F.linear(cond, sd["upsample.filter_net.0.weight"], sd["upsample.filter_net.0.bias"]))
+        hidden = F.mish(F.linear(cond, sd["upsample.filter_net.0.weight"], sd["upsample.filter_net.0.bias"]))
         raw = F.linear(hidden, sd["upsample.filter_net.2.weight"], sd["upsample.filter_net.2.bias"])
         w = 0.2 * torch.tanh(raw.view(n_tgt, -1, 4))
         w = w - w.mean(dim=-1, keepdim=True)
@@ -96,13 +93,13 @@ class ReferenceSesqui:
     def forward(self, z: torch.Tensor, target_hw: tuple[int, int]) -> torch.Tensor:
         sd = self.sd
         th, tw = target_hw
-        h = _conv(_mish(_conv(z, sd["head_conv.0.weight"])), sd["head_conv.2.weight"], sd["head_conv.2.bias"])
+        h = _conv(F.mish(_conv(z, sd["head_conv.0.weight"])), sd["head_conv.2.weight"], sd["head_conv.2.bias"])
         for i in range(self.in_depth):
             h = self.block(f"in_blocks.{i}.", h)
         h = self.resample(h, th, tw)
         for i in range(self.out_depth):
             h = self.block(f"out_blocks.{i}.", h)
-        h = _conv(_mish(F.conv2d(h, sd["tail_conv.0.weight"])), sd["tail_conv.2.weight"], sd["tail_conv.2.bias"])
+        h = _conv(F.mish(F.conv2d(h, sd["tail_conv.0.weight"])), sd["tail_conv.2.weight"], sd["tail_conv.2.bias"])
         skip = F.interpolate(z, size=(th, tw), mode="bicubic", align_corners=False)
         return h + _conv(skip, sd["skip_conv.weight"])
 

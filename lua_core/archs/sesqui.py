@@ -303,14 +303,28 @@ def _conv(c_in: int, c_out: int, k: int, bias: bool = False) -> nn.Conv2d:
 
 
 def _reflect_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """The layer's convolution on a channels-last activation (oneDNN's fast layout on CPU; output channels-last)."""
     p = conv.kernel_size[0] // 2
-    return F.conv2d(F.pad(x, (p, p, p, p), mode="reflect") if p else x, conv.weight, conv.bias)
+    x = x.contiguous(memory_format=torch.channels_last)
+    weight = conv.weight.contiguous(memory_format=torch.channels_last)
+    return F.conv2d(F.pad(x, (p, p, p, p), mode="reflect") if p else x, weight, conv.bias)
 
 
 def _pointwise(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A bias-free 1x1 convolution as one matmul over the flattened positions: (B, C, H, W) -> (B, O, H*W)."""
+    """A bias-free 1x1 convolution as one matmul over the positions, channels last: (B, C, H, W) with any
+    strides -> (B, O, H, W) stored channels-last (a view of the (B, H, W, O) matmul result)."""
     b, c, h, w = x.shape
-    return torch.matmul(weight.reshape(weight.shape[0], c), x.reshape(b, c, h * w))
+    o = weight.shape[0]
+    flat = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view when x is channels-last
+    return torch.matmul(flat, weight.reshape(o, c).t()).view(b, h, w, o).permute(0, 3, 1, 2)
+
+
+def _shuffle(x: torch.Tensor) -> torch.Tensor:
+    """Pixel shuffle by 2 (channel 4c + 2dy + dx -> channel c at (2i + dy, 2j + dx)) into a channels-last tensor."""
+    b, c4, h, w = x.shape
+    c = c4 // 4
+    t = x.permute(0, 2, 3, 1).reshape(b, h, w, c, 2, 2).permute(0, 1, 4, 2, 5, 3)  # (b, h, dy, w, dx, c)
+    return t.reshape(b, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
 class ScaleNorm(nn.Module):
@@ -340,28 +354,35 @@ class GatedBlock(nn.Module):
         self.mix = _conv(mid, width, 3)
 
     def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        """``inplace`` (never while autograd records): activations in place, the result written over x."""
+        """``inplace`` (never while autograd records): activations in place, the result written over x.
+
+        Works on the positions-by-channels view of channels-last activations, so the 1x1 layers are plain
+        matmuls and the 3x3 ``mix`` runs in oneDNN's channels-last layout.
+        """
         b, c, h, w = x.shape
-        g = self.gates
+        g, n = self.gates, h * w
+        x = x.contiguous(memory_format=torch.channels_last)
+        tokens = x.permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
         if inplace:  # one fused pass for the normalisation; s from the same statistics
-            y, _, rstd = torch.native_layer_norm(x, (c, h, w), None, None, EPS)
+            y, _, rstd = torch.native_layer_norm(tokens, (h, w, c), None, None, EPS)
             s = rstd.reciprocal().view(b, 1, 1, 1)
         else:
-            var, mean = torch.var_mean(x, dim=(1, 2, 3), correction=0, keepdim=True)
+            var, mean = torch.var_mean(tokens, dim=(1, 2, 3), correction=0, keepdim=True)
             s = torch.sqrt(var + EPS)
-            y = (x - mean) / s
+            y = (tokens - mean) / s
         # the norm's per-channel weight folded into the up projection
-        u = _pointwise(self.up.weight.reshape(9 * g, c) * self.norm.weight, y)
-        values, gate = u[:, :8 * g], u[:, 8 * g:]
+        u = torch.matmul(y.reshape(b, n, c), (self.up.weight.reshape(9 * g, c) * self.norm.weight).t())
+        values, gate = u[..., :8 * g], u[..., 8 * g:]
         if inplace:
             F.mish(values, inplace=True)
             gate.mul_(0.5).tanh_()
-            values.view(b, g, 8, h * w).mul_(gate.view(b, g, 1, h * w))
+            values.view(b, n, g, 8).mul_(gate.view(b, n, g, 1))
             gated = values
         else:
-            gated = (F.mish(values).view(b, g, 8, h * w) * torch.tanh(gate * 0.5).view(b, g, 1, h * w))
-        d = torch.matmul(self.down.weight.reshape(self.down.weight.shape[0], 8 * g), gated.reshape(b, 8 * g, h * w))
-        mixed = _reflect_conv(d.view(b, -1, h, w), self.mix)
+            gated = (F.mish(values).reshape(b, n, g, 8) * torch.tanh(gate * 0.5).reshape(b, n, g, 1)).reshape(b, n, -1)
+        down = self.down.weight
+        d = torch.matmul(gated, down.reshape(down.shape[0], 8 * g).t())
+        mixed = _reflect_conv(d.view(b, h, w, -1).permute(0, 3, 1, 2), self.mix)
         return x.addcmul_(mixed, s) if inplace else x + s * mixed
 
 
@@ -530,20 +551,17 @@ class Resampler(nn.Module):
         return outs[0] if len(outs) == 1 else torch.cat(outs, -2)
 
     def forward(self, h: torch.Tensor, size: tuple[int, int], inplace: bool = False) -> torch.Tensor:
-        b, c, hh, ww = h.shape
         n_ps = self.ps_expand.weight.shape[0]
-        both = _pointwise(torch.cat([self.ps_expand.weight, self.lift_expand.weight]), h)
+        both = _pointwise(torch.cat([self.ps_expand.weight, self.lift_expand.weight]), h)  # one matmul for both
         ps = both[:, :n_ps]
-        bias = self.ps_expand.bias.view(1, -1, 1)
-        ps = ps.add_(bias) if inplace else ps + bias
-        x = F.pixel_shuffle(ps.reshape(b, n_ps, hh, ww), 2)
-        lift = F.pixel_shuffle(both[:, n_ps:].reshape(b, -1, hh, ww), 2)
-        lifted = _reflect_conv(lift, self.lift_mix)
+        bias = self.ps_expand.bias.view(1, -1, 1, 1)
+        x = _shuffle(ps.add_(bias) if inplace else ps + bias)
+        lifted = _reflect_conv(_shuffle(both[:, n_ps:]), self.lift_mix)
         x = x.add_(lifted) if inplace else x + lifted
-        x = self.refine(x, inplace)
+        x = self.refine(x, inplace).contiguous()  # the filter's matmuls want rows and columns contiguous
         src = (x.shape[-2], x.shape[-1])
         plan = self.cached_plan(src, size) if inplace else self.plan(src, size)
-        return self.filter(x, size, plan, inplace)
+        return self.filter(x, size, plan, inplace).contiguous(memory_format=torch.channels_last)
 
 
 class SesquiUpscaler(LatentUpscaler):
@@ -663,10 +681,9 @@ class SesquiUpscaler(LatentUpscaler):
         for blk in self.out_blocks:
             h = blk(h, inplace)
         tail0, tail2 = self.tail_conv[0], self.tail_conv[2]
-        t = _pointwise(tail0.weight, h).view(h.shape[0], -1, th, tw)
-        out = _reflect_conv(F.mish(t, inplace=inplace), tail2)
+        out = _reflect_conv(F.mish(_pointwise(tail0.weight, h), inplace=inplace), tail2)
         skip = _reflect_conv(F.interpolate(z, size=(th, tw), mode="bicubic", align_corners=False), self.skip_conv)
-        return out.add_(skip) if inplace else out + skip
+        return (out.add_(skip) if inplace else out + skip).contiguous()
 
 
 def _released_stem(fmt: str) -> str:
