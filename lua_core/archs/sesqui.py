@@ -370,16 +370,17 @@ class GatedBlock(nn.Module):
             var, mean = torch.var_mean(tokens, dim=(1, 2, 3), correction=0, keepdim=True)
             s = torch.sqrt(var + EPS)
             y = (tokens - mean) / s
-        # the norm's per-channel weight folded into the up projection
-        u = torch.matmul(y.reshape(b, n, c), (self.up.weight.reshape(9 * g, c) * self.norm.weight).t())
+        # the norm's per-channel weight folded into the up projection, and the gates' 1/2 (exact: a power of 2)
+        up = self.up.weight.reshape(9 * g, c) * self.norm.weight
+        up = torch.cat([up[:8 * g], up[8 * g:] * 0.5])
+        u = torch.matmul(y.reshape(b, n, c), up.t())
         values, gate = u[..., :8 * g], u[..., 8 * g:]
         if inplace:
             F.mish(values, inplace=True)
-            gate.mul_(0.5).tanh_()
-            values.view(b, n, g, 8).mul_(gate.view(b, n, g, 1))
+            values.view(b, n, g, 8).mul_(gate.tanh_().view(b, n, g, 1))
             gated = values
         else:
-            gated = (F.mish(values).reshape(b, n, g, 8) * torch.tanh(gate * 0.5).reshape(b, n, g, 1)).reshape(b, n, -1)
+            gated = (F.mish(values).reshape(b, n, g, 8) * torch.tanh(gate).reshape(b, n, g, 1)).reshape(b, n, -1)
         down = self.down.weight
         d = torch.matmul(gated, down.reshape(down.shape[0], 8 * g).t())
         mixed = _reflect_conv(d.view(b, h, w, -1).permute(0, 3, 1, 2), self.mix)
