@@ -269,7 +269,7 @@ def test_other_families_detectors_refuse_sesqui():
     from lua_core.archs import FAMILIES
     for name in FOLDERS:
         sd = load_file(_path(name))
-        assert [f.name for f in FAMILIES if f.detect(sd)] == []
+        assert [f.name for f in FAMILIES if f.name != "sesqui" and f.detect(sd)] == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -441,7 +441,7 @@ def test_banded_tiles_give_the_dense_result(monkeypatch):
     """Large targets are filtered in banded tiles; small tiles forced here must give the same numbers."""
     model = _load("sesqui_wan21")
     ref = ReferenceSesqui(model.state_dict())
-    z = torch.randn(1, 16, 21, 17, generator=torch.Generator().manual_seed(2))
+    z = torch.randn(2, 16, 21, 17, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         dense = model(z, (33, 29))
         monkeypatch.setattr(sesqui, "TILE", 5)

@@ -47,7 +47,7 @@ EPS = 1e-6  # the gated block's layer norm
 TAPS = 4  # resampler taps per axis: offsets -1, 0, 1, 2 around floor(pos)
 AXES = 2  # rows, columns
 #: resampler targets per banded matmul; an axis with at most TILE_MAX targets is done in one (dense) matmul
-TILE, TILE_MAX = 128, 192
+TILE, TILE_MAX = 64, 128
 PLAN_CACHE = 4  # (size, target) plans kept per module
 
 # --------------------------------------------------------------------------------------------
@@ -410,8 +410,9 @@ class _Tile:
 class _Plan:
     """The resampler's filtering for one (source, target) size, as banded matrices (batch independent).
 
-    Column tiles: (C, sources, ranks * targets), ranks side by side; row tiles: (ranks, C, targets, sources),
-    each rank's matrix already weighted by sigmoid(rank_gain).
+    Column tiles: (C, sources, ranks * targets), rank-major; row tiles: (C, targets, sources * ranks), ranks
+    interleaved as the column pass's output rows are, each rank already weighted by sigmoid(rank_gain), so one
+    matmul per row tile also sums the ranks.
     """
 
     cols: list[_Tile]
@@ -490,11 +491,15 @@ class Resampler(nn.Module):
             cols.append(_Tile(t0, t1, lo, hi, m))
         index, w = self.taps(n_rows, th, 0)
         w = w * gain.view(ranks, 1, 1, 1)
+        rank = torch.arange(ranks, device=index.device).view(ranks, 1, 1)
         for t0, t1 in _tiles(th):
             lo, hi = int(index[t0:t1].min()), int(index[t0:t1].max()) + 1
-            local = (index[t0:t1] - lo).expand(ranks, w.shape[1], -1, -1)
-            m = w.new_zeros(ranks, w.shape[1], t1 - t0, hi - lo)
-            rows.append(_Tile(t0, t1, lo, hi, m.scatter_add(3, local, w[:, :, t0:t1])))
+            n = t1 - t0
+            # column (s - lo) * ranks + r: the rows of the column pass's output, ranks interleaved
+            local = ((index[t0:t1] - lo)[None] * ranks + rank).permute(1, 0, 2).reshape(n, ranks * TAPS)
+            src_w = w[:, :, t0:t1].permute(1, 2, 0, 3).reshape(w.shape[1], n, ranks * TAPS)
+            m = w.new_zeros(w.shape[1], n, (hi - lo) * ranks)
+            rows.append(_Tile(t0, t1, lo, hi, m.scatter_add(2, local.expand(w.shape[1], -1, -1), src_w)))
         return _Plan(cols, rows)
 
     def _fingerprint(self) -> tuple | None:
@@ -530,26 +535,28 @@ class Resampler(nn.Module):
 
     # -- forward ------------------------------------------------------------------------------
 
-    def filter(self, x: torch.Tensor, size: tuple[int, int], plan: _Plan, inplace: bool) -> torch.Tensor:
-        """Columns first, then rows, each a per-channel matmul with the plan's banded matrices."""
+    def filter(self, x: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        """Columns first, then rows, each a per-channel matmul with the plan's banded matrices.
+
+        One sample at a time: a batched matmul would copy the matrices once per sample (video frames).
+        """
+        outs = [self._filter_one(x[i], plan) for i in range(x.shape[0])]
+        return outs[0].unsqueeze(0) if len(outs) == 1 else torch.stack(outs)
+
+    def _filter_one(self, x: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        """x (C, rows, cols) -> (C, th, tw). Tiles are joined with ``cat``: a matmul writing into a strided
+        slice (``out=``) leaves BLAS for a slow loop on CPU."""
+        c, n_rows = x.shape[:2]
         ranks = self.rank_gain.shape[0]
-        ys = []  # per column tile: (B, C, rows, ranks * n)
-        for t in plan.cols:
-            ys.append(torch.matmul(x[..., t.lo:t.hi], t.matrix))
-        if len(ys) == 1:
-            n = size[1]
-            per_rank = [ys[0][..., r * n:(r + 1) * n] for r in range(ranks)]
+        if len(plan.cols) == 1:
+            t = plan.cols[0]
+            y = torch.matmul(x[..., t.lo:t.hi], t.matrix)  # (C, rows, ranks * tw), rank-major
         else:
-            per_rank = [torch.cat([y[..., r * (t.t1 - t.t0):(r + 1) * (t.t1 - t.t0)] for y, t in zip(ys, plan.cols)],
-                                  -1) for r in range(ranks)]
-        outs = []
-        for t in plan.rows:
-            acc = torch.matmul(t.matrix[0], per_rank[0][..., t.lo:t.hi, :])
-            for r in range(1, ranks):
-                part = torch.matmul(t.matrix[r], per_rank[r][..., t.lo:t.hi, :])
-                acc = acc.add_(part) if inplace else acc + part
-            outs.append(acc)
-        return outs[0] if len(outs) == 1 else torch.cat(outs, -2)
+            y = torch.cat([torch.matmul(x[..., t.lo:t.hi], t.matrix[..., r * (t.t1 - t.t0):(r + 1) * (t.t1 - t.t0)])
+                           for r in range(ranks) for t in plan.cols], -1)
+        y = y.view(c, n_rows * ranks, -1)  # row s * ranks + r: rank r's column-filtered source row s
+        outs = [torch.matmul(t.matrix, y[:, t.lo * ranks:t.hi * ranks]) for t in plan.rows]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
 
     def forward(self, h: torch.Tensor, size: tuple[int, int], inplace: bool = False) -> torch.Tensor:
         n_ps = self.ps_expand.weight.shape[0]
@@ -562,7 +569,7 @@ class Resampler(nn.Module):
         x = self.refine(x, inplace).contiguous()  # the filter's matmuls want rows and columns contiguous
         src = (x.shape[-2], x.shape[-1])
         plan = self.cached_plan(src, size) if inplace else self.plan(src, size)
-        return self.filter(x, size, plan, inplace).contiguous(memory_format=torch.channels_last)
+        return self.filter(x, plan).contiguous(memory_format=torch.channels_last)
 
 
 class SesquiUpscaler(LatentUpscaler):
