@@ -14,6 +14,7 @@ difference, which must stay within 1e-4 in fp32 (the script exits with status 1 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import subprocess
@@ -99,6 +100,8 @@ def main() -> int:
     say(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}  benchmarks/sesqui_speed.py {' '.join(sys.argv[1:])}")
     say(f"machine: {machine(args.device)}; torch {torch.__version__}; device {args.device}; "
         f"threads {torch.get_num_threads()}; fp32; median of {args.repeat} alternating runs after a warm-up")
+    say(f"host: {os.cpu_count()} logical CPUs, load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} "
+        "at the start (a shared host: only the in-run ratios mean much)")
     say(f"{'C':>3} {'size':>9} {'scale':>5} {'target':>9} {'ours ms':>10} {'ref ms':>10} {'ours/ref':>8} "
         f"{'max|diff|':>10}")
     worst = 0.0

@@ -405,6 +405,7 @@ def test_scale_one_runs_the_model():
     ((1, 4, 8, 8), 2.5, "from 1 to 2"),
     ((1, 4, 8, 8), 0.9, "from 1 to 2"),
     ((1, 4, 8, 8), float("nan"), "finite"),
+    ((1, 4, 8, 8), "1.5", "finite"),
     ((1, 4, 2, 8, 8), 1.5, "frame by frame"),
     ((1, 16, 8, 8), 1.5, "takes 4-channel"),
     ((1, 4, 1, 8), 1.5, "at least 2 pixels"),

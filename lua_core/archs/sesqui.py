@@ -30,6 +30,7 @@ autograd is recording (grad mode on and a parameter or the input requiring grad)
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -335,7 +336,9 @@ class ScaleNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(normalised x times the weight, s = sqrt(biased variance + 1e-6)) with s of shape (B, 1, 1, 1)."""
+        """(normalised x times the weight, s = sqrt(biased variance + 1e-6)) with s of shape (B, 1, 1, 1).
+
+        The readable form; ``GatedBlock`` computes the same with the weight folded into its ``up`` layer."""
         var, mean = torch.var_mean(x, dim=(1, 2, 3), correction=0, keepdim=True)
         s = torch.sqrt(var + EPS)
         return (x - mean) / s * self.weight.view(1, -1, 1, 1), s
@@ -651,8 +654,9 @@ class SesquiUpscaler(LatentUpscaler):
         The target is ``target_size`` in LATENT pixels (doubled in VAE space for Flux2); the adaptor's math is
         fp32, the model runs in the module's dtype, the result comes back in the latent's dtype.
         """
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
             raise ValueError(f"scale must be a finite number, got {scale!r}")
+        scale = float(scale)  # numpy scalars too
         if scale not in self.native_scales:
             raise ValueError(f"SesquiLSR does {self.native_scales}, not x{scale:g}")
         if latent.ndim != 4:
