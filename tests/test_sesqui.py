@@ -302,7 +302,8 @@ def test_neutral_name_16_channels_needs_latent_format(tmp_path):
     path = tmp_path / "sesqui_16ch.safetensors"
     shutil.copy(_path("sesqui_flux"), path)
     model = _load("sesqui_flux", path)
-    assert model.config.latent_format is None and model.latent_channels == 16
+    assert model.config.latent_format is None and model.latent_channels == 16 and model.needs_latent_format
+    assert not _load("sesqui_flux").needs_latent_format
     vec = _vectors("sesqui_flux")
     case = _manifest("sesqui_flux")["cases"][0]
     with pytest.raises(ValueError, match=r"cannot tell FLUX from Wan 2\.1 latents.*latent_format \('flux' or "

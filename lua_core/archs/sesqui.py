@@ -20,11 +20,17 @@ file is for (Flux and Wan 2.1 files have the same shapes), so the latent format 
 A format that contradicts the channel count is refused, as is an ``upscale(latent_format=...)`` that
 contradicts the file's own format.
 
-Speed without changing the numbers: the resampler's taps depend on the sizes and the weights but not on the
+The scale must be in [1, 2] (the node's widget range); 1.0 runs the model too. 5-D (video) LATENTs are the
+caller's to split into frames; ``resize_noise_mask`` is the node's mask handling (nearest, to the output size).
+
+Speed without changing the numbers (``benchmarks/sesqui_speed.py`` against the plain
+``benchmarks/sesqui_reference.py``): the resampler's taps depend on the sizes and the weights but not on the
 batch, so for each (source size, target size) they are computed once and kept as banded matrices, which turn
-the separable 4-tap filtering into a few per-channel matmuls; 1x1 convolutions are matmuls with the norm
-weight folded in; activations and residual adds run in place. Nothing is cached or overwritten in place while
-autograd is recording (grad mode on and a parameter or the input requiring grad), so the module also trains.
+the separable 4-tap filtering of both ranks into two per-channel matmuls per tile; activations are stored
+channels-last, so the 3x3 convolutions run in oneDNN's fast layout and the 1x1 layers are plain matmuls over
+positions (the norm weight folded into ``up``); activations and residual adds run in place. Nothing is cached
+or overwritten in place while autograd is recording (grad mode on and a parameter or the input requiring
+grad), so the module also trains.
 """
 
 from __future__ import annotations
@@ -611,6 +617,11 @@ class SesquiUpscaler(LatentUpscaler):
     def file_format(self) -> str | None:
         """The latent family this file is for: its config's, else what its channel count says, else None."""
         return self.config.latent_format or _BY_CHANNELS.get(self.config.in_channels)
+
+    @property
+    def needs_latent_format(self) -> bool:  # type: ignore[override]
+        """Only a 16-channel file whose format is unknown (renamed, no saved config) needs to be told."""
+        return self.file_format is None
 
     @property
     def latent_channels(self) -> int:
