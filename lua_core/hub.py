@@ -46,7 +46,7 @@ from urllib.parse import urljoin, urlsplit
 
 from .archs import FAMILY_NAMES
 from .errors import DownloadError, first_line
-from .latent_formats import LATENT_FORMATS
+from .latent_formats import LATENT_FORMATS, LATENT_SPACES
 from .scales import Scales
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,8 @@ def _registry() -> tuple[KnownCheckpoint, ...]:
         ))
     # LSSGen: pinned to the commit that added weights/ (as recorded by a public code index).
     lssgen_commit = "8355a1792e9b123ae81be50f5c34fe68165269ad"
-    for folder, fmt, ch in (("FLUX", "flux", 16), ("SD3", "sd3", 16), ("SDXL", "sdxl", 4), ("SD", "sd15", 4)):
+    for folder, fmt, ch in (("FLUX", "flux", 16), ("SD3", "sd3", 16), ("SDXL", "sdxl", 4), ("SD", "sd15", 4),
+                            ("CogView4", "cogview4", 16)):
         local = f"LSSGen-{folder}-VAE-scaler"
         files = tuple(
             RemoteFile(_github_raw("inventec-ai-center/LSSGen", lssgen_commit, f"weights/{folder}-VAE-scaler/{n}"),
@@ -209,6 +210,23 @@ def _registry() -> tuple[KnownCheckpoint, ...]:
             note="no licence stated: research use only; works in the model's scaled latent space",
             homepage="https://github.com/inventec-ai-center/LSSGen",
             files=files, local_name=local,
+        ))
+    # SesquiLSR ships its weights in models/ of its GitHub repo. The commit and the sha256 of each file are the
+    # ones another public ComfyUI pack pins for these files (not checked here against a download: no network).
+    sesqui_commit = "befae004248c403f38b76b9f65fd43b901ea3eaa"
+    for fmt, stem, ch, digest in (
+            ("sdxl", "SDXL", 4, "392c0e36fc0389a170cf6c1682556972d91d750c31aa392cdad1b13cad4e18e4"),
+            ("flux", "Flux", 16, "dbc6362c910a179a22eca26f656fdacde17eded876ee8f05b8f5b73630e4ddbe"),
+            ("flux2", "Flux2", 128, "f385ff2250b3f2c72ad422768558414d617b9a006cc0b1ce37a296cc99d17177"),
+            ("wan21", "Wan21", 16, "d1b4c2c1d80b2af81e6bbfd38501ffb5adffb9f7c0ed2599555b837d0d2d015a")):
+        name = f"upscaler_{stem}.safetensors"
+        entries.append(KnownCheckpoint(
+            key=f"sesqui-{fmt}", family="sesqui", title=f"SesquiLSR for {LATENT_SPACES[fmt].label} latents",
+            channels=ch, scales=Scales.between(1, 2), fits=(fmt,), license="MIT",
+            note=f"any factor from 1 to 2; for {LATENT_SPACES[fmt].models}; keep the file name (it says the format)",
+            homepage="https://github.com/LoganBooker/SesquiLSR",
+            files=(RemoteFile(_github_raw("LoganBooker/SesquiLSR", sesqui_commit, f"models/{name}"), sha256=digest),),
+            local_name=name,
         ))
     keys = [e.key for e in entries]
     assert len(set(keys)) == len(keys), "duplicate keys in the registry"

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from .archs.base import LatentUpscaler
 from .devices import is_out_of_memory, release_cached_memory
 from .errors import LuaError, OutOfMemoryError, first_line
-from .latent_formats import LATENT_FORMATS
 from .tiling import tiled_upscale
 
 log = logging.getLogger(__name__)
@@ -35,12 +34,13 @@ Progress = Callable[[int, int], None]
 
 
 def validate_latent(model: LatentUpscaler, latent: Any) -> None:
-    """Raise ``LuaError`` (a ValueError) unless ``latent`` is a finite [B, C, H, W] the model takes."""
+    """Raise ``LuaError`` (a ValueError) unless ``latent`` is a finite [B, C, H, W] or [B, C, T, H, W]
+    the model takes."""
     if not isinstance(latent, torch.Tensor):
         raise LuaError(f"latent must be a torch.Tensor [B, C, H, W], got {type(latent).__name__}")
-    if latent.ndim != 4:
-        raise LuaError(f"latent must have 4 dimensions [B, C, H, W], got shape {tuple(latent.shape)}"
-                       + (" (a video latent [B, C, T, H, W]: pass one frame at a time)" if latent.ndim == 5 else ""))
+    if latent.ndim not in (4, 5):
+        raise LuaError(f"latent must have 4 dimensions [B, C, H, W] (or 5, [B, C, T, H, W]: frame by frame), got "
+                       f"shape {tuple(latent.shape)}")
     if latent.numel() == 0:
         raise LuaError(f"latent is empty (shape {tuple(latent.shape)}): every dimension must be at least 1")
     if not latent.is_floating_point():
@@ -123,15 +123,17 @@ def upscale_latent(model: LatentUpscaler, latent: torch.Tensor, scale: float, *,
     if overlap is not None and (not isinstance(overlap, int) or overlap < 0
                                 or (tile is not None and overlap >= tile)):
         raise LuaError(f"overlap must be a whole number of latent pixels from 0 to tile - 1, got {overlap!r}")
-    if scale == 1.0:  # nothing to add: every family returns its input at x1 (NNLatentUpscale does too)
+    if scale == 1.0 and model.identity_at_one:  # nothing to add (NNLatentUpscale returns its input too)
         return latent.detach().clone()
     run_scale, needs_resample = model.plan_scale(scale)
+    frames = None
+    if latent.ndim == 5:  # [B, C, T, H, W]: every frame an image, in (b, t) order
+        frames = latent.shape[0], latent.shape[2]
+        latent = latent.transpose(1, 2).reshape(-1, *latent.shape[1:2], *latent.shape[3:])
     b, c, h, w = latent.shape
     target = output_size(h, w, scale)
     fmt = _format_name(latent_format)
-    if model.needs_latent_format and fmt is None:
-        raise LuaError(f"this {model.family} upscaler works in the model's scaled latent space and needs "
-                       f"latent_format, one of {', '.join(LATENT_FORMATS)}")
+    model.check_latent_format(fmt)
     if tile is not None and tile < max(h, w) and run_scale != int(run_scale):
         raise LuaError(f"tiling needs an integer scale; this {model.family} upscaler runs x{run_scale:g}. "
                        "Set tile to 0 (off), or pick an x2/x4 upscaler if the latent needs tiles")
@@ -139,7 +141,10 @@ def upscale_latent(model: LatentUpscaler, latent: torch.Tensor, scale: float, *,
     if reserve is not None:
         reserve(per_latent * b)
     run = _Run(model, run_scale, needs_resample, target, fmt, overlap, progress, b)
-    return run.batch(latent, max_memory, per_latent, tile, tile_on_oom)
+    out = run.batch(latent, max_memory, per_latent, tile, tile_on_oom)
+    if frames is not None:
+        out = out.reshape(*frames, *out.shape[1:]).transpose(1, 2).contiguous()
+    return out
 
 
 class _Run:
@@ -254,7 +259,7 @@ def _budget(max_memory: int | Callable[[], int]) -> int:
 
 
 def _format_name(latent_format: Any) -> str | None:
-    """Normalise 'flux'/'sd3'/'sdxl'/'sd15' or a ComfyUI latent format object to a name."""
+    """Normalise a format name or alias, or a ComfyUI latent format object, to a name (LuaError if unknown)."""
     if latent_format is None:
         return None
     from .latent_formats import format_name

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoints import DIFFUSERS_WEIGHTS, META_CONFIG, SAFETENSORS_SUFFIXES
-from .latent_formats import LATENT_SPACES
 from .scales import Scales
 
 
@@ -28,7 +27,7 @@ class FileDescription:
     family: str | None = None
     channels: int | None = None
     scales: Scales | None = None
-    latent_format: str | None = None  # the format recorded in the file's header, when one is
+    made_for: tuple[str, ...] = ()  # latent formats it was made for (its header, or its family's own rule)
     foreign: bool = False
 
 
@@ -92,9 +91,7 @@ def _describe_uncached(path: Path) -> FileDescription:
     except Exception:  # a broken file of a known family: list it, loading explains
         fam = detect_family(sd)
         return FileDescription(family=fam.name if fam else None)
-    fmt = meta.get("latent_format")
-    return FileDescription(model.family, model.latent_channels, model.native_scales,
-                           fmt if fmt in LATENT_SPACES else None)
+    return FileDescription(model.family, model.latent_channels, model.native_scales, model.made_for)
 
 
 __all__ = ["FileDescription", "describe", "file_stamp"]

@@ -29,6 +29,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..lua_core import (
     DIFFUSERS_WEIGHTS,
@@ -85,7 +86,9 @@ class Choice:
         fam = _FAMILIES.get(self.family)
         parts = [fam.label if fam else self.family]
         if self.channels:
-            made_for = "/".join(LATENT_SPACES[f].label for f in self.fits) if self.fits else \
+            could = [f for f, space in LATENT_SPACES.items()
+                     if fam and f in fam.formats and space.channels == self.channels]
+            made_for = "/".join(LATENT_SPACES[f].label for f in (self.fits or could)) or \
                 families_with_channels(self.channels)
             parts.append(f"{self.channels}ch {made_for}".strip())
         if self.scales is not None:
@@ -135,16 +138,30 @@ def local_choice(path: Path, name: str) -> Choice | None:
     if known is not None and family != known.family:
         known = None  # a file named like a registry entry but holding something else
     channels = pr.channels or (known.channels if known else None)
-    if pr.latent_format:
-        fits: tuple[str, ...] = (pr.latent_format,)
-    elif known is not None:
-        fits = known.fits
-    elif family == "lua" and channels == 16:
-        fits = ("flux", "sd3")  # the released LUA: trained on FLUX latents, same 16-ch family as SD3
-    else:
-        fits = ()
+    fits = made_for(family, channels, pr.made_for, known)
     scales = pr.scales if pr.scales is not None else (known.scales if known else None)
     return Choice(name, family, channels, fits, scales, known.license if known else None, path, known)
+
+
+def made_for(family: str | None, channels: int | None, own: tuple[str, ...],
+             known: KnownCheckpoint | None = None) -> tuple[str, ...]:
+    """The latent formats a file was made for: what it says itself (a header, a released name), else
+    its registry entry's, else for a 16-channel LUA the released one's (FLUX, whose LUA also runs on
+    SD3 latents); () when nothing says."""
+    if own:
+        return own
+    if known is not None:
+        return known.fits
+    if family == "lua" and channels == 16:
+        return ("flux", "sd3")
+    return ()
+
+
+def loaded_choice(choice: Choice, upscaler: Any) -> Choice:
+    """``choice`` as the loaded module says it is (for a file whose header told nothing)."""
+    return Choice(choice.name, upscaler.family, upscaler.latent_channels,
+                  made_for(upscaler.family, upscaler.latent_channels, upscaler.made_for, choice.known),
+                  upscaler.native_scales, choice.license, choice.path, choice.known)
 
 
 def local_choices() -> list[Choice]:
@@ -270,15 +287,48 @@ def _family_rank(c: Choice) -> int:
     return fam.auto_rank if fam else len(_FAMILIES)
 
 
-def _tier(c: Choice, fmt: str) -> int | None:
+#: latent formats close enough that an upscaler made for one is a last resort for the other (the same
+#: VAE architecture and channel count); any other pair is never mixed (FLUX and Wan 2.1 latents, say)
+_NEIGHBOURS = {"sd15": "sdxl", "sdxl": "sd15"}
+
+
+def takes(c: Choice, fmt: str) -> bool:
+    """False for an entry made for other latents than ``fmt`` (its own formats, or its family's, say
+    so), which must never get them; a neighbouring format (``_NEIGHBOURS``) is a last resort, not other."""
+    if c.fits:
+        return fmt in c.fits or _NEIGHBOURS.get(fmt) in c.fits
+    fam = _FAMILIES.get(c.family or "")
+    return fam is None or not fam.formats or fmt in fam.formats
+
+
+def family_formats(c: Choice) -> tuple[str, ...]:
+    """The formats the entry's family has models for (() when any, or unknown)."""
+    fam = _FAMILIES.get(c.family or "")
+    return fam.formats if fam else ()
+
+
+def tier(c: Choice, fmt: str) -> int | None:
     """Rank group for ``auto`` (lower is better); None: not a candidate. See ``auto_choice``."""
+    if not takes(c, fmt):
+        return None
+    fam = _FAMILIES.get(c.family or "")
     if c.is_download:
-        return 2 if fmt in c.fits else None
+        if fmt not in c.fits:
+            return None  # a neighbour's download: never what auto fetches
+        return RESEARCH_TIER if fam is not None and fam.research_only else 2
     if c.fits and fmt not in c.fits:
-        return 4
+        return 4  # made for the neighbouring format
+    if not c.fits and fam is not None and fam.formats:
+        same = {f for f in fam.formats if LATENT_SPACES[f].channels == LATENT_SPACES[fmt].channels}
+        if same - {fmt, _NEIGHBOURS.get(fmt)}:
+            return 4  # unknown make, and its channel count fits several latent spaces (FLUX or Wan 2.1?)
     if not c.can_do(DEFAULT_SCALE):
         return 3
     return 0 if c.fits else 1
+
+
+#: research-only downloads (LSSGen: no licence stated) fit but are never what ``auto`` downloads
+RESEARCH_TIER = 5
 
 
 def ranked(choices: Iterable[Choice], fmt: str, channels: int,
@@ -288,10 +338,10 @@ def ranked(choices: Iterable[Choice], fmt: str, channels: int,
     for c in choices:
         if c.channels != channels or (families is not None and c.family not in families):
             continue
-        tier = _tier(c, fmt)
-        if tier is None:
+        group = tier(c, fmt)
+        if group is None:
             continue
-        keyed.append(((tier, 0 if c.can_do(DEFAULT_SCALE) else 1, _family_rank(c), c.name.lower()), c))
+        keyed.append(((group, 0 if c.can_do(DEFAULT_SCALE) else 1, _family_rank(c), c.name.lower()), c))
     return [c for _, c in sorted(keyed, key=lambda kc: kc[0])]
 
 
@@ -306,12 +356,19 @@ def auto_choice(choices: list[Choice], fmt: str | None, channels: int | None) ->
     3. local files made for it that cannot do x2 (e.g. city96 x1.5: it would fail at the default);
     4. local files made for another format with the same channel count (a last resort).
 
+    4. local files made for a neighbouring format (SD1.5 for SDXL and back), and local files of
+       unknown make whose channel count fits several latent spaces (a 16-channel file could be for
+       FLUX, SD3, Wan 2.1 or CogView4): a last resort.
+
+    Files made for another format are never candidates otherwise (FLUX and Wan 2.1 latents both
+    have 16 channels and must not be confused), nor are families with no model for the format.
+    Research-only downloads (LSSGen, no licence stated) are listed as fitting but never picked.
+
     Within a tier: those that do x2 first; then by the family's ``auto_rank`` (LUA, city96 v2.1,
-    NNLatentUpscale, LSSGen); then by name. So ``auto`` does not
-    download while a fitting x2-capable file is on disk (what you put there is what you chose),
-    prefers the small, exact-factor, Apache-2.0 city96 x2 for SDXL/SD1.5 over the GPL-3.0
-    NNLatentUpscale, and never downloads LSSGen (no licence stated): a download of LUA or city96
-    always ranks first.
+    SesquiLSR, NNLatentUpscale, LSSGen); then by name. So ``auto`` does not download while a fitting
+    x2-capable file is on disk (what you put there is what you chose), prefers the small,
+    exact-factor, Apache-2.0 city96 x2 for SDXL/SD1.5, then the MIT SesquiLSR, over the GPL-3.0
+    NNLatentUpscale, and never downloads LSSGen.
 
     Without a MODEL: the LUA FLUX checkpoint, a local 16-channel LUA file first.
     """
@@ -320,11 +377,22 @@ def auto_choice(choices: list[Choice], fmt: str | None, channels: int | None) ->
         if found:
             return found[0]
         return download_choice(find_known("lua-flux"))
-    found = ranked(choices, fmt, channels or LATENT_SPACES[fmt].channels)
+    channels = channels or LATENT_SPACES[fmt].channels
+    found = [c for c in ranked(choices, fmt, channels) if tier(c, fmt) != RESEARCH_TIER]
     if not found:
-        raise LuaError(f"no upscaler fits {LATENT_SPACES[fmt].label} latents ({channels} channels), and none can "
-                       "be downloaded for them.")
+        research = [c.name for c in ranked(choices, fmt, channels)]
+        raise LuaError(no_upscaler_message(LATENT_SPACES[fmt].label, channels) + (
+            f" Research-use downloads fit ({', '.join(research)}): pick one yourself if its terms suit you."
+            if research else ""))
     return found[0]
+
+
+def no_upscaler_message(what: str, channels: int | None) -> str:
+    """Why nothing fits a format, and what to do about it."""
+    ch = f"{channels}-channel " if channels else ""
+    return (f"no upscaler on disk or in the download list fits {what} ({ch}latents). Make one for it with "
+            f"`python -m lua_core finetune` (a LUA adapted to that VAE; see docs/training.md), or disconnect the "
+            f"model input to load a checkpoint anyway.")
 
 
 def fitting_names(choices: Iterable[Choice], fmt: str | None, channels: int) -> list[str]:

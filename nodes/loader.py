@@ -103,12 +103,19 @@ def load(model_name: str, dtype: str = "auto", model: Any = None) -> LUAModelHan
         choice = catalog.find(model_name, local)
     if channels is not None and choice.channels is not None and choice.channels != channels:
         raise LuaError(mismatch_message(choice.describe(), choice.channels, fmt, channels, local))
+    if fmt is not None and not catalog.takes(choice, fmt):
+        raise LuaError(format_mismatch_message(choice, fmt, local))
     path = materialise(choice)
     patcher = cached_patcher(path, torch_dtype)
     upscaler = patcher.model.upscaler
     if channels is not None and upscaler.latent_channels != channels:  # a file whose header told nothing
-        loaded = catalog.Choice(choice.name, upscaler.family, upscaler.latent_channels, scales=upscaler.native_scales)
+        loaded = catalog.loaded_choice(choice, upscaler)
         raise LuaError(mismatch_message(loaded.describe(), upscaler.latent_channels, fmt, channels, local))
+    if fmt is not None:
+        loaded = catalog.loaded_choice(choice, upscaler)
+        if not catalog.takes(loaded, fmt):  # what the loaded file itself says (a pickle's keys, its config)
+            raise LuaError(format_mismatch_message(loaded, fmt, local))
+        upscaler.check_latent_format(fmt)
     family = family_by_name(upscaler.family)
     if family.research_only:
         log.warning("ComfyUI-LUA: %s is an %s upsampler: %s.", choice.name, family.label, catalog.RESEARCH_USE)
@@ -136,9 +143,8 @@ def model_latent(model: Any) -> tuple[str | None, int | None]:
     try:
         return format_name(lf), channels
     except LuaError:
-        raise LuaError(f"the connected MODEL uses ComfyUI's {type(lf).__name__} latent format ({channels} channels); "
-                       "these upscalers are made for FLUX, SD3, SDXL and SD1.5 latents. Disconnect the model input "
-                       "to load a checkpoint anyway.") from None
+        raise LuaError(f"the connected MODEL uses ComfyUI's {type(lf).__name__} latent format: "
+                       + catalog.no_upscaler_message(f"its {type(lf).__name__} latents", channels)) from None
 
 
 def mismatch_message(what: str, has: int, fmt: str | None, channels: int, local: list[catalog.Choice]) -> str:
@@ -147,8 +153,25 @@ def mismatch_message(what: str, has: int, fmt: str | None, channels: int, local:
     label = LATENT_SPACES[fmt].label if fmt else families_with_channels(channels)
     fits = catalog.fitting_names(local + catalog.download_choices(), fmt, channels)
     shown = ", ".join(fits[:8]) + (f" (and {len(fits) - 8} more)" if len(fits) > 8 else "")
+    if not fits:
+        return f"{what} takes {has}-channel latents, but the connected MODEL makes {channels}-channel {label} " \
+               "latents: " + catalog.no_upscaler_message(f"{label}", channels)
     return (f"{what} takes {has}-channel latents, but the connected MODEL makes {channels}-channel {label} latents. "
-            f"Upscalers that fit: {shown or 'none'}. Pick one of them, or 'auto'.")
+            f"Upscalers that fit: {shown}. Pick one of them, or 'auto'.")
+
+
+def format_mismatch_message(choice: catalog.Choice, fmt: str, local: list[catalog.Choice]) -> str:
+    """An upscaler made for other latents with the same channel count (FLUX vs Wan 2.1: both 16)."""
+    from ..lua_core import LATENT_SPACES
+
+    space = LATENT_SPACES[fmt]
+    made = "/".join(LATENT_SPACES[f].label for f in (choice.fits or catalog.family_formats(choice)))
+    fits = catalog.fitting_names(local + catalog.download_choices(), fmt, space.channels)
+    shown = ", ".join(fits[:8]) + (f" (and {len(fits) - 8} more)" if len(fits) > 8 else "")
+    what = f"Upscalers that fit: {shown}. Pick one of them, or 'auto'." if fits else \
+        catalog.no_upscaler_message(space.label, space.channels)
+    return (f"{choice.describe()} is made for {made} latents, but the connected MODEL makes {space.label} latents "
+            f"({space.models}): the same channel count, another latent space. {what}")
 
 
 def materialise(choice: catalog.Choice) -> Path:

@@ -1,8 +1,9 @@
 """``LUA_LatentUpscale`` ("Latent Upscale (LUA)"): LATENT + LUA_MODEL + scale -> LATENT.
 
 Why the LATENT handling lives here and not in ``lua_core``: a ComfyUI LATENT is a dict whose other
-keys (``batch_index``, ``noise_mask``, ...) must survive an upscale, and 5-D video-shaped latents
-with one frame come from some loaders; ``lua_core`` only ever sees [B, C, H, W].
+keys (``batch_index``, ``noise_mask``, ...) must survive an upscale. 5-D latents [B, C, T, H, W]
+(Qwen-Image and Wan 2.1 make them, T = 1 for an image) go to ``lua_core`` as they are: it upscales
+them frame by frame.
 """
 
 from __future__ import annotations
@@ -29,23 +30,26 @@ class LatentUpscaleLUA(io.ComfyNode):
             display_name=DISPLAY_NAME,
             category="latent/upscaling",
             description=(
-                "Upscale a latent x1-x4 with a latent upscaler model (LUA for FLUX/SD3; city96, NNLatentUpscale "
-                "or LSSGen for SDXL/SD1.5) from Load LUA Model. Use it right before the VAE decode for 2K-4K "
-                "output without a second diffusion pass, or before a low-denoise hires fix pass. Keeps "
-                "batch_index and resizes the noise mask."),
+                "Upscale a latent x1-x4 with a latent upscaler model from Load LUA Model (LUA for FLUX/SD3; "
+                "SesquiLSR for FLUX.2, Qwen-Image/Wan 2.1, Z-Image, SDXL; city96, NNLatentUpscale or LSSGen for "
+                "SDXL/SD1.5). Use it right before the VAE decode for 2K-4K output without a second diffusion pass, "
+                "or before a low-denoise hires fix pass. Keeps batch_index, resizes the noise mask, upscales video "
+                "latents frame by frame."),
             inputs=[
                 io.Latent.Input("samples", tooltip="The latent to upscale (any batch size)."),
                 LUAModel.Input("upscale_model", tooltip="From Load LUA Model."),
                 io.Float.Input(
                     "scale", default=2.0, min=1.0, max=4.0, step=0.25,
                     tooltip=("Factor for width and height. LUA: x2 and x4 exactly, in between through the next "
-                             "larger head resized down; city96: the factor in its file name; NNLatentUpscale: 1-2; "
-                             "LSSGen: x2, x4.")),
+                             "larger head resized down; city96: the factor in its file name; SesquiLSR and "
+                             "NNLatentUpscale: any from 1 to 2; LSSGen: x2, x4.")),
                 io.Combo.Input(
                     "latent_format", options=list(LATENT_FORMATS), default="auto",
-                    tooltip=("Which model made the latent. auto: the MODEL connected to Load LUA Model. Only LSSGen "
-                             "needs it (it works in the model's scaled latent space); set it when no MODEL is "
-                             "connected there.")),
+                    tooltip=("Which model made the latent. auto: the MODEL connected to Load LUA Model. Needed by "
+                             "LSSGen (it works in the model's scaled latent space) and by a 16-channel SesquiLSR "
+                             "file without its released name (FLUX or Wan 2.1?); set it when no MODEL is connected "
+                             "there. flux: FLUX.1, Z-Image, Lumina 2; flux2: FLUX.2 and Klein; wan21: Qwen-Image, "
+                             "Wan 2.1.")),
                 io.Int.Input(
                     "tile", default=0, min=0, max=1024, step=8, optional=True,
                     tooltip=("0 = off (exact; memory is handled automatically). Otherwise tile size in latent "
@@ -76,23 +80,17 @@ def upscale(samples: dict, handle: LUAModelHandle, scale: float, latent_format: 
                        "a KSampler).")
     if not isinstance(handle, LUAModelHandle):
         raise LuaError("upscale_model must come from Load LUA Model.")
-    video = latent.ndim == 5
-    if video:
-        if latent.shape[2] != 1:
-            raise LuaError(f"the latent is a video latent with {latent.shape[2]} frames {tuple(latent.shape)}; these "
-                           "upscalers are image models. Upscale one frame (T=1) at a time, or use a video "
-                           "upscaler.")
-        latent = latent[:, :, 0]
-    if latent.ndim != 4:
-        raise LuaError(f"the latent has shape {tuple(latent.shape)}; expected [batch, channels, height, width].")
+    if latent.ndim not in (4, 5):
+        raise LuaError(f"the latent has shape {tuple(latent.shape)}; expected [batch, channels, height, width] "
+                       "(or [batch, channels, frames, height, width]).")
     check_channels(latent.shape[1], handle)
     fmt = pick_format(latent_format, handle, latent.shape[1])
-    batch = latent.shape[0]
-    bar = comfy.utils.ProgressBar(batch * 100)
+    images = latent.shape[0] * (latent.shape[2] if latent.ndim == 5 else 1)
+    bar = comfy.utils.ProgressBar(images * 100)
     out = run_upscale(handle, latent, scale, latent_format=fmt, tile=tile or None,
                       progress=lambda done, total: bar.update_absolute(done, total))
     result = dict(samples)
-    result["samples"] = out.unsqueeze(2) if video else out
+    result["samples"] = out
     mask = samples.get("noise_mask")
     if isinstance(mask, torch.Tensor) and mask.ndim >= 2:
         result["noise_mask"] = resize_mask(mask, latent.shape[-2:], out.shape[-2:])
@@ -120,9 +118,11 @@ def pick_format(choice: str, handle: LUAModelHandle, channels: int) -> str | Non
     fmt = handle.latent_format if choice == "auto" else choice
     if fmt is None:
         if handle.upscaler.needs_latent_format:
-            raise LuaError(f"{handle.name} ({handle.upscaler.family}) works in the diffusion model's scaled latent "
-                           "space and needs to know which model made the latent: set latent_format (flux, sd3, "
-                           "sdxl or sd15), or connect the MODEL to Load LUA Model's model input.")
+            try:
+                handle.upscaler.check_latent_format(None)
+            except LuaError as e:  # the family's own reason, with where to set it
+                raise LuaError(f"{handle.name}: {e}. Set latent_format, or connect the MODEL to Load LUA Model's "
+                               "model input.") from None
         return None
     space = LATENT_SPACES[fmt]
     if space.channels != channels:

@@ -38,6 +38,7 @@ from lua_core.hub import (
 LUA_REPO, LUA_FILE = "vaskers5/LUA-FLUX", "lua_flux.pth"
 NN_REPO = "Ttl/ComfyUi_NNLatentUpscale"
 LSS_REPO = "inventec-ai-center/LSSGen"
+SESQUI_REPO, SESQUI_COMMIT = "LoganBooker/SesquiLSR", "befae004248c403f38b76b9f65fd43b901ea3eaa"
 
 
 # --------------------------------------------------------------------------------------------
@@ -127,7 +128,8 @@ def test_registry_entries_match_their_sources():
     by_family: dict[str, list] = {}
     for e in KNOWN:
         by_family.setdefault(e.family, []).append(e)
-    assert {k: len(v) for k, v in by_family.items()} == {"lua": 1, "city96": 6, "nnlatentupscale": 2, "lssgen": 4}
+    assert {k: len(v) for k, v in by_family.items()} == {"lua": 1, "city96": 6, "nnlatentupscale": 2, "lssgen": 5,
+                                                         "sesqui": 4}
     assert len({e.key for e in KNOWN}) == len(KNOWN)
 
     lua = find_known("lua-flux")
@@ -148,7 +150,8 @@ def test_registry_entries_match_their_sources():
         assert url.startswith(f"https://github.com/{NN_REPO}/raw/") and url.endswith(e.local_name)
         assert e.local_name == f"{e.fits[0]}_resizer.pt" and e.channels == 4 and e.license == "GPL-3.0"
 
-    want = {"FLUX": ("flux", 16), "SD3": ("sd3", 16), "SDXL": ("sdxl", 4), "SD": ("sd15", 4)}
+    want = {"FLUX": ("flux", 16), "SD3": ("sd3", 16), "SDXL": ("sdxl", 4), "SD": ("sd15", 4),
+            "CogView4": ("cogview4", 16)}
     for e in by_family["lssgen"]:
         folder = e.local_name.removeprefix("LSSGen-").removesuffix("-VAE-scaler")
         assert (e.fits[0], e.channels) == want[folder] and e.scales == Scales.of(2) and e.is_folder
@@ -157,12 +160,25 @@ def test_registry_entries_match_their_sources():
         assert all(f.source.startswith(f"https://github.com/{LSS_REPO}/raw/") for f in e.files)
         assert "research use" in e.note and "no licence" in e.note
 
+    want = {"sdxl": ("SDXL", 4), "flux": ("Flux", 16), "flux2": ("Flux2", 128), "wan21": ("Wan21", 16)}
+    for e in by_family["sesqui"]:
+        stem, channels = want[e.fits[0]]
+        url = e.files[0].source
+        assert e.key == f"sesqui-{e.fits[0]}" and e.local_name == f"upscaler_{stem}.safetensors"
+        assert url == f"https://github.com/{SESQUI_REPO}/raw/{SESQUI_COMMIT}/models/{e.local_name}"
+        assert (e.channels, e.scales, e.license) == (channels, Scales.between(1, 2), "MIT")
+        assert len(e.files[0].sha256) == 64 and int(e.files[0].sha256, 16) >= 0
+
 
 def test_filters_and_lookup():
-    assert {e.key for e in known_checkpoints(channels=16)} == {"lua-flux", "lssgen-flux", "lssgen-sd3"}
+    assert {e.key for e in known_checkpoints(channels=16)} == {"lua-flux", "lssgen-flux", "lssgen-sd3",
+                                                               "lssgen-cogview4", "sesqui-flux", "sesqui-wan21"}
     sdxl = known_checkpoints(latent_format="SDXL")
     assert sdxl and all("sdxl" in e.fits and e.channels == 4 for e in sdxl)
-    assert {e.family for e in sdxl} == {"city96", "nnlatentupscale", "lssgen"}
+    assert {e.family for e in sdxl} == {"city96", "nnlatentupscale", "lssgen", "sesqui"}
+    assert [e.key for e in known_checkpoints(latent_format="qwen-image")] == ["sesqui-wan21"]
+    assert [e.key for e in known_checkpoints(latent_format="klein")] == ["sesqui-flux2"]
+    assert known_checkpoints(latent_format="hunyuanimage21") == []
     assert {e.key for e in known_checkpoints(latent_format="sd1.5", channels=4)} == {
         e.key for e in KNOWN if e.fits == ("sd15",)}
     assert known_checkpoints(channels=4, latent_format="flux") == []
@@ -544,6 +560,63 @@ def test_url_sha256_and_lfs_pointer_are_refused(hub, nn_entry, tmp_path):
     with pytest.raises(DownloadError, match="Git LFS pointer"):
         download(lfs, tmp_path)
     assert not (tmp_path / "sdxl_resizer.pt").exists()
+
+
+@pytest.fixture
+def sesqui_entry(hub):
+    """sesqui-flux2 served from the local server at its pinned commit (the conformance file's bytes, so the
+    registry's sha256 is that file's here)."""
+    data = (DATA / "peers" / "sesqui_flux2" / "upscaler_Flux2.safetensors").read_bytes()
+    url = hub.add_github_file(SESQUI_REPO, SESQUI_COMMIT, "models/upscaler_Flux2.safetensors", data)
+    entry = find_known("sesqui-flux2")
+    assert entry.files[0].source.endswith(url.split("/github.com/", 1)[1]), "the pinned URL moved"
+    return replace(entry, files=(replace(entry.files[0], source=url, sha256=hashlib.sha256(data).hexdigest()),)), data
+
+
+def test_sesqui_download_checks_resumes_and_loads(hub, sesqui_entry, tmp_path):
+    """SesquiLSR's files come from GitHub at a pinned commit: resumed with Range after a cut, checked
+    against the pinned sha256, and the file keeps its released name, which tells the loader FLUX.2."""
+    entry, data = sesqui_entry
+    hub.interrupt(entry.files[0].source, 200_000)
+    calls, progress = _recorder()
+    path = fetch(entry, tmp_path, progress=progress, retries=1)
+    assert path == tmp_path / "upscaler_Flux2.safetensors" and path.read_bytes() == data
+    assert hub.gets("/raw.githubusercontent.com/")[-1].range == "bytes=200000-"
+    _assert_progress(calls, len(data))
+    model = lua_core.load_model(path)
+    assert (model.family, model.latent_channels, model.made_for) == ("sesqui", 128, ("flux2",))
+    hub.clear()
+    assert fetch(entry, tmp_path) == path and hub.requests == [], "a file in place is used without a request"
+
+    wrong = replace(entry, files=(replace(entry.files[0], sha256="0" * 64),))
+    with pytest.raises(DownloadError, match="expected sha256"):
+        fetch(wrong, tmp_path / "other")
+    assert not (tmp_path / "other" / "upscaler_Flux2.safetensors").exists()
+
+
+def test_sesqui_download_offline_and_cancel(hub, sesqui_entry, tmp_path, monkeypatch):
+    entry, data = sesqui_entry
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(done, total):
+        if done > 0:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        fetch(entry, tmp_path, progress=cancel)
+    part = tmp_path / "upscaler_Flux2.safetensors.part"
+    assert part.exists() and not (tmp_path / "upscaler_Flux2.safetensors").exists()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub.clear()
+    with pytest.raises(DownloadError, match="HF_HUB_OFFLINE=0") as err:
+        fetch(entry, tmp_path)
+    assert "upscaler_Flux2.safetensors" in str(err.value) and hub.requests == []
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    kept = part.stat().st_size
+    assert fetch(entry, tmp_path).read_bytes() == data
+    assert hub.gets("/raw.githubusercontent.com/")[-1].range == f"bytes={kept}-"
 
 
 def test_folder_checkpoint_downloads_both_files(hub, lss_entry, tmp_path):

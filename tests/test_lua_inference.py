@@ -29,7 +29,7 @@ def public16(conformance):
 @pytest.mark.parametrize("bad,match", [
     (torch.randn(1, 4, 8, 8), "4 channels .*expects 16"),
     (torch.randn(16, 8, 8), "4 dimensions"),
-    (torch.randn(1, 16, 1, 8, 8), "video latent"),
+    (torch.randn(1, 1, 16, 1, 8, 8), "4 dimensions"),
     (torch.zeros(0, 16, 8, 8), "empty"),
     (torch.full((1, 16, 8, 8), float("nan")), "NaN"),
     (torch.full((1, 16, 8, 8), float("inf")), "NaN or infinite"),

@@ -195,8 +195,10 @@ def test_unsupported_scale_is_refused(conformance, name, file, scale, says):
 def test_lssgen_needs_latent_format(conformance):
     model = lua_core.load_model(_folder(conformance, "lssgen16"))
     x = torch.zeros(1, 16, 6, 6)
-    with pytest.raises(ValueError, match="latent_format, one of flux, sd3, sdxl, sd15"):
+    with pytest.raises(ValueError, match="latent_format, one of flux, sd3, cogview4$"):  # LSSGen's 16-channel folders
         lua_core.upscale_latent(model, x, 2)
+    with pytest.raises(ValueError, match="LSSGen has no upsampler for Wan 2.1 latents"):  # 16 channels, no folder
+        lua_core.upscale_latent(model, x, 2, latent_format="qwen-image")
     with pytest.raises(ValueError, match="'sdxl' is for 4-channel latents"):
         lua_core.upscale_latent(model, x, 2, latent_format="sdxl")
     with pytest.raises(ValueError, match="unknown latent_format"):

@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from sesqui_reference import ReferenceSesqui
 
+from lua_core import Scales
 from lua_core.archs import sesqui
-from lua_core.archs.base import ScaleRange
 
 DATA = Path(__file__).resolve().parent / "data"
 TOL = 1e-4
@@ -109,6 +109,47 @@ def test_latent_cases(name, case):
         assert torch.equal(mask, vec[case["noise_mask_output_key"]])
 
 
+@pytest.mark.parametrize("name,case", list(_cases()))
+@pytest.mark.parametrize("how", ["file name", "latent_format"])
+def test_the_public_api_gives_the_node_outputs(name, case, how, tmp_path):
+    """``lua_core.load_model`` detects the family from the keys and ``lua_core.upscale_latent`` gives the node's
+    LATENT output: 4-D and 5-D [B, C, T, H, W] (frame by frame), batches, x1 (the model runs), FLUX.2's
+    128-channel packed LATENTs. The latent format comes from the released file name, or, for a copy under a
+    neutral name, from ``latent_format`` (the name the issue gives: sdxl, flux, flux2, wan21)."""
+    import lua_core
+
+    path = _path(name)
+    if how == "latent_format":
+        path = tmp_path / "renamed.safetensors"
+        shutil.copy(_path(name), path)
+    model = lua_core.load_model(path)
+    assert model.family == "sesqui" and model.latent_channels == case["input_shape"][1]
+    vec = _vectors(name)
+    out = lua_core.upscale_latent(model, vec[case["input_key"]], case["scale"],
+                                  latent_format=FOLDERS[name] if how == "latent_format" else None)
+    assert list(out.shape) == case["output_shape"]
+    diff = _max_diff(out, vec[case["output_key"]])
+    assert diff <= TOL, f"max abs diff {diff:.3g}"
+
+
+def test_the_public_api_refuses_what_the_node_cannot_do(tmp_path):
+    import lua_core
+
+    flux = lua_core.load_model(_path("sesqui_flux"))
+    x = _vectors("sesqui_flux")["input_0"]
+    with pytest.raises(lua_core.LuaError, match=r"any scale from 1 to 2; x2\.5 is outside that range"):
+        lua_core.upscale_latent(flux, x, 2.5)
+    with pytest.raises(lua_core.LuaError, match="is for FLUX latents, not Wan 2.1"):
+        lua_core.upscale_latent(flux, x, 1.5, latent_format="qwen-image")
+    neutral = tmp_path / "mine.safetensors"
+    shutil.copy(_path("sesqui_wan21"), neutral)
+    unknown = lua_core.load_model(neutral)
+    with pytest.raises(lua_core.LuaError, match=r"cannot tell FLUX from Wan 2\.1 latents"):
+        lua_core.upscale_latent(unknown, x, 1.5)
+    saved = lua_core.save_model(lua_core.load_model(_path("sesqui_wan21")), tmp_path / "saved.safetensors")
+    assert lua_core.load_model(saved).made_for == ("wan21",), "a converted file's header keeps the format"
+
+
 @pytest.mark.parametrize("name,case", list(_cases()) + list(_cases("api_cases")))
 def test_vae_space_cases(name, case):
     """``forward`` is the model itself: VAE-space input and target (doubled for Flux2)."""
@@ -177,7 +218,7 @@ def test_config_read_from_shapes(name):
         in_expand=gen["in_expand"], out_expand=gen["out_expand"], latent_format=FOLDERS[name])
     assert model.config_dict() == json.loads(json.dumps(model.config_dict()))
     assert sesqui.SesquiConfig.from_dict(model.config_dict()) == model.config
-    assert model.family == "sesqui" and model.native_scales == ScaleRange(1.0, 2.0)
+    assert model.family == "sesqui" and model.native_scales == Scales.between(1, 2)
     assert model.latent_channels == {"sdxl": 4, "flux": 16, "flux2": 128, "wan21": 16}[FOLDERS[name]]
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
 

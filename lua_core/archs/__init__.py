@@ -37,6 +37,8 @@ class Family:
     auto_rank: int
     description: str  # one line: what it is and what it fits, for "not recognised" messages
     research_only: bool = False
+    #: the latent formats the family has models for; () = any (LUA: trained per VAE, its file says which)
+    formats: tuple[str, ...] = ()
 
     def _impl(self) -> Any:
         return importlib.import_module(f"{__name__}.{self.module}")
@@ -54,10 +56,14 @@ class Family:
 FAMILIES: tuple[Family, ...] = (
     Family("lua", "LUA", "lua", 0, "LUA (Latent Upscaler Adapter): Swin trunk + x2/x4 heads"),
     Family("city96", "city96", "city96", 1,
-           "city96 SD-Latent-Upscaler v2.1 (SD1.x/SDXL, x1.25/x1.5/x2, one per file)"),
-    Family("nnlatentupscale", "NNLatentUpscale", "nnlatent", 2, "NNLatentUpscale (SD1.x/SDXL, any scale in [1, 2])"),
-    Family("lssgen", "LSSGen", "lssgen", 3, "LSSGen latent upsampler (diffusers folder with config.json, x2)",
-           research_only=True),
+           "city96 SD-Latent-Upscaler v2.1 (SD1.x/SDXL, x1.25/x1.5/x2, one per file)", formats=("sd15", "sdxl")),
+    Family("nnlatentupscale", "NNLatentUpscale", "nnlatent", 3, "NNLatentUpscale (SD1.x/SDXL, any scale in [1, 2])",
+           formats=("sd15", "sdxl")),
+    Family("lssgen", "LSSGen", "lssgen", 4, "LSSGen latent upsampler (diffusers folder with config.json, x2)",
+           research_only=True, formats=("flux", "sd3", "sdxl", "sd15", "cogview4")),
+    Family("sesqui", "SesquiLSR", "sesqui", 2,
+           "SesquiLSR (SDXL, FLUX, FLUX.2, Wan 2.1/Qwen-Image; any scale in [1, 2], one file per VAE)",
+           formats=("sdxl", "flux", "flux2", "wan21")),
 )
 
 FAMILY_NAMES: tuple[str, ...] = tuple(f.name for f in FAMILIES)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import LuaError
+from ..latent_formats import LATENT_SPACES
 from ..scales import Scales
 
 StateDict = Mapping[str, torch.Tensor]
@@ -41,6 +42,9 @@ class LatentUpscaler(nn.Module):
     #: tiles start on multiples of this many latent pixels (LUA: its attention window, so a tile's
     #: windows are the whole latent's) and span at least two of them.
     tile_align: int = 1
+    #: True: x1 returns the input unchanged (nothing to add); False: the model runs at x1 too, as
+    #: its own node does (SesquiLSR refines the latent at the same size).
+    identity_at_one: bool = True
 
     @property
     def latent_channels(self) -> int:
@@ -58,6 +62,29 @@ class LatentUpscaler(nn.Module):
     def upscale(self, latent: torch.Tensor, scale: float, *, latent_format: str | None = None,
                 **options: Any) -> torch.Tensor:
         raise NotImplementedError
+
+    @property
+    def made_for(self) -> tuple[str, ...]:
+        """The latent formats (``lua_core.LATENT_FORMATS`` names) this file was made for, () when it
+        does not say. Default: the ``latent_format`` a file saved by this pack records."""
+        fmt = getattr(self, "metadata", {}).get("latent_format")
+        return (fmt,) if fmt in LATENT_SPACES else ()
+
+    def check_latent_format(self, latent_format: str | None) -> None:
+        """Raise ``LuaError`` unless this model can work on ``latent_format`` latents (a name, or None
+        when the caller does not know): missing where the model needs one (``needs_latent_format``),
+        or another format than the file was made for (FLUX and Wan 2.1 latents both have 16
+        channels and must never be confused)."""
+        if latent_format is None:
+            if self.needs_latent_format:
+                raise LuaError(f"this {self.family} upscaler needs latent_format, one of "
+                               f"{', '.join(self.made_for or LATENT_SPACES)}")
+            return
+        made = self.made_for
+        if made and latent_format not in made:
+            space = LATENT_SPACES[latent_format]
+            raise LuaError(f"this {self.family} upscaler was made for {'/'.join(LATENT_SPACES[f].label for f in made)} "
+                           f"latents, not {space.label} ({space.models}); use one made for {space.label}")
 
     def plan_scale(self, scale: float) -> tuple[float, bool]:
         """(scale to run natively, whether to resample the result to the requested size).

@@ -26,11 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..latent_formats import latent_space
+from ..errors import LuaError
+from ..latent_formats import LATENT_SPACES, latent_space
 from ..scales import Scales
+from . import family_by_name
 from .base import LatentUpscaler, StateDict, load_exact
 
 PREFIX = "upsampler."
+#: the latent formats LSSGen released folders for (weights/{FLUX,SD3,SDXL,SD,CogView4}-VAE-scaler): its registry entry's
+RELEASED_FORMATS = family_by_name("lssgen").formats
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 #: diffusers ``get_activation`` names this module accepts, and what they are
 ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "swish": nn.SiLU, "mish": nn.Mish,
@@ -182,16 +186,28 @@ class LSSGenUpscaler(LatentUpscaler):
                 return n
         raise ValueError(f"this LSSGen upsampler does x{f:g} (and x{f * f:g} as two passes), not x{scale:g}")
 
+    def check_latent_format(self, latent_format: str | None) -> None:
+        """LSSGen works in the diffusion model's scaled space, so it needs the format, and only the
+        formats LSSGen released folders for (``RELEASED_FORMATS``) have a wrap it was trained in."""
+        fits = [f for f in RELEASED_FORMATS if LATENT_SPACES[f].channels == self.config.in_channels]
+        if latent_format is None:
+            raise LuaError(f"this lssgen upscaler works in the model's scaled latent space and needs latent_format, "
+                           f"one of {', '.join(fits)}")
+        space = LATENT_SPACES[latent_format]
+        if space.channels != self.config.in_channels:
+            raise LuaError(f"latent_format {space.name!r} is for {space.channels}-channel latents but this LSSGen "
+                           f"upsampler takes {self.config.in_channels}")
+        if latent_format not in RELEASED_FORMATS:
+            raise LuaError(f"LSSGen has no upsampler for {space.label} latents ({space.models}); its folders are "
+                           f"for {', '.join(LATENT_SPACES[f].label for f in RELEASED_FORMATS)}")
+        super().check_latent_format(latent_format)
+
     def upscale(self, latent: torch.Tensor, scale: float, *, latent_format: str | None = None,
                 **_: Any) -> torch.Tensor:
         """Raw latents in and out; ``process_in``, the net once or twice, ``process_out``."""
         n = self.passes(scale)
-        if latent_format is None:
-            raise ValueError("LSSGen works in the diffusion model's scaled latent space: pass latent_format")
+        self.check_latent_format(latent_format)
         space = latent_space(latent_format)
-        if space.channels != self.config.in_channels:
-            raise ValueError(f"latent_format {space.name!r} is for {space.channels}-channel latents but this "
-                             f"LSSGen upsampler takes {self.config.in_channels}")
         z = space.process_in(latent)
         for _ in range(n):
             z = self.upsampler(z)

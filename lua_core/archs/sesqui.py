@@ -48,7 +48,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LatentUpscaler, ScaleRange, StateDict, load_exact
+from ..errors import LuaError
+from ..latent_formats import LATENT_SPACES
+from ..latent_formats import format_name as latent_format_name
+from ..scales import Scales
+from . import family_by_name
+from .base import LatentUpscaler, StateDict, load_exact
 
 EPS = 1e-6  # the gated block's layer norm
 TAPS = 4  # resampler taps per axis: offsets -1, 0, 1, 2 around floor(pos)
@@ -61,15 +66,13 @@ PLAN_CACHE = 4  # (size, target) plans kept per module
 # Latent formats and the node's adaptors
 # --------------------------------------------------------------------------------------------
 
-FORMATS = ("sdxl", "flux", "flux2", "wan21")
+#: the node's model formats, as the registry entry lists them
+FORMATS = family_by_name("sesqui").formats
 #: channels of the model file for each format (what head_conv.0 takes)
 FILE_CHANNELS = {"sdxl": 4, "flux": 16, "flux2": 32, "wan21": 16}
-LABELS = {"sdxl": "SDXL", "flux": "FLUX", "flux2": "FLUX.2", "wan21": "Wan 2.1"}
+LABELS = {f: LATENT_SPACES[f].label for f in FORMATS}
 _BY_CHANNELS = {4: "sdxl", 32: "flux2"}  # 16 is Flux or Wan 2.1: the weights cannot tell
 _NAME_FORMAT = re.compile(r"(?:^|[^a-z0-9])upscaler[_\- ]?(sdxl|flux2|flux|wan21)(?![a-z0-9])", re.IGNORECASE)
-# ComfyUI latent format class names -> ours (subclasses are found through the MRO)
-_COMFY_CLASSES = {"SDXL": "sdxl", "Flux": "flux", "Flux2": "flux2", "Wan21": "wan21"}
-_ALIASES = {"sdxl": "sdxl", "flux": "flux", "flux1": "flux", "flux2": "flux2", "wan21": "wan21"}
 
 # The Flux.2 VAE's latent batch norm (running mean and variance of its 128 packed channels, eps 1e-4), which
 # ComfyUI's Flux2 LATENTs are normalised by; the numbers are the ones the SesquiLSR node uses, as listed in
@@ -167,10 +170,16 @@ def _flux2_std() -> tuple[float, ...]:
     return tuple(torch.sqrt(var + FLUX2_BN_EPS).tolist())
 
 
+def _comfy_process_in(fmt: str) -> Adaptor:
+    """The node's SDXL and Flux adaptors are ComfyUI's own ``process_in``/``process_out`` numbers."""
+    space = LATENT_SPACES[fmt]
+    return Adaptor(fmt, fmt, space.channels, "shift_scale", (space.shift,), (space.scale,))
+
+
 #: the adaptors of the node's model_format choices (its "Ideogram 4" choice has no numbers here and is absent)
 ADAPTORS: dict[str, Adaptor] = {
-    "sdxl": Adaptor("sdxl", "sdxl", 4, "shift_scale", (0.0,), (0.13025,)),
-    "flux": Adaptor("flux", "flux", 16, "shift_scale", (0.1159,), (0.3611,)),
+    "sdxl": _comfy_process_in("sdxl"),
+    "flux": _comfy_process_in("flux"),
     "flux2": Adaptor("flux2", "flux2", 128, "std_mean", FLUX2_BN_MEAN, _flux2_std(), packed=True),
     "wan21": Adaptor("wan21", "wan21", 16, "identity"),
 }
@@ -179,20 +188,14 @@ WAN21_DIFFUSERS = Adaptor("wan21_diffusers", "wan21", 16, "std_mean", WAN21_MEAN
 
 
 def format_name(latent_format: Any) -> str:
-    """'sdxl' | 'flux' | 'flux2' | 'wan21' from a name ("Flux2", "wan 2.1", ...) or a ComfyUI latent format."""
-    if isinstance(latent_format, str):
-        key = re.sub(r"[\s._\-]", "", latent_format.lower())
-        key = {"wan": "wan21", "wan2": "wan21"}.get(key, key)
-        if key in _ALIASES:
-            return _ALIASES[key]
-        hint = " (SesquiLSR's SDXL model is for SDXL only, not SD1.x)" if key.startswith("sd1") else ""
-        raise ValueError(f"SesquiLSR has no model for latent_format {latent_format!r}{hint}; "
-                         f"choose one of {', '.join(FORMATS)}")
-    cls = latent_format if isinstance(latent_format, type) else type(latent_format)
-    for klass in cls.__mro__:
-        if klass.__name__ in _COMFY_CLASSES:
-            return _COMFY_CLASSES[klass.__name__]
-    raise ValueError(f"SesquiLSR has no model for {cls.__name__} latents; choose one of {', '.join(FORMATS)}")
+    """'sdxl' | 'flux' | 'flux2' | 'wan21' from a name or alias ("klein", "qwen-image", ...) or a ComfyUI
+    latent format (``lua_core.latent_formats.format_name``); LuaError for a format SesquiLSR has no model for."""
+    name = latent_format_name(latent_format)
+    if name not in FORMATS:
+        hint = " (its SDXL model is for SDXL only, not SD1.x)" if name == "sd15" else ""
+        raise LuaError(f"SesquiLSR has no model for {LATENT_SPACES[name].label} latents{hint}; it has "
+                       f"{', '.join(LABELS[f] for f in FORMATS)}")
+    return name
 
 
 def format_from_name(path: str | Path | None) -> str | None:
@@ -585,6 +588,8 @@ class SesquiUpscaler(LatentUpscaler):
     """The whole SesquiLSR model; parameter names are the released state dict's."""
 
     family = "sesqui"
+    #: the node runs the model at x1 too (it refines at the same size): not a pass-through
+    identity_at_one = False
 
     def __init__(self, config: SesquiConfig | None = None):
         super().__init__()
@@ -629,8 +634,18 @@ class SesquiUpscaler(LatentUpscaler):
         return ADAPTORS[fmt].latent_channels if fmt else self.config.in_channels
 
     @property
-    def native_scales(self) -> ScaleRange:
-        return ScaleRange(1.0, 2.0)
+    def native_scales(self) -> Scales:
+        return Scales.between(1.0, 2.0)
+
+    @property
+    def made_for(self) -> tuple[str, ...]:
+        fmt = self.file_format
+        return (fmt,) if fmt else ()
+
+    def check_latent_format(self, latent_format: str | None) -> None:
+        """Through ``adaptor_for``: the file's own format, else the one given; a 16-channel file of unknown
+        format needs one (flux or wan21)."""
+        self.adaptor_for(latent_format)
 
     def config_dict(self) -> dict[str, Any]:
         return self.config.to_dict()
@@ -640,21 +655,21 @@ class SesquiUpscaler(LatentUpscaler):
         own = self.file_format
         given = None if latent_format is None else format_name(latent_format)
         if own and given and own != given:
-            raise ValueError(f"this SesquiLSR file is for {LABELS[own]} latents, not {LABELS[given]} "
+            raise LuaError(f"this SesquiLSR file is for {LABELS[own]} latents, not {LABELS[given]} "
                              f"(latent_format={latent_format!r}): use the {LABELS[given]} file "
                              f"(upscaler_{_released_stem(given)}.safetensors) or drop latent_format")
         fmt = own or given
         if adaptor is not None:
             if fmt and adaptor.vae != fmt:
-                raise ValueError(f"adaptor {adaptor.name!r} feeds a {LABELS[adaptor.vae]} model, but this file is "
+                raise LuaError(f"adaptor {adaptor.name!r} feeds a {LABELS[adaptor.vae]} model, but this file is "
                                  f"for {LABELS[fmt]} latents")
             fmt = adaptor.vae
         if fmt is None:
-            raise ValueError("this 16-channel SesquiLSR file cannot tell FLUX from Wan 2.1 latents (both models have "
+            raise LuaError("this 16-channel SesquiLSR file cannot tell FLUX from Wan 2.1 latents (both models have "
                              "the same shapes): pass latent_format ('flux' or 'wan21'), or keep the released "
                              "file name (upscaler_Flux.safetensors or upscaler_Wan21.safetensors)")
         if FILE_CHANNELS[fmt] != self.config.in_channels:
-            raise ValueError(f"a {LABELS[fmt]} SesquiLSR model takes {FILE_CHANNELS[fmt]} channels, but this file "
+            raise LuaError(f"a {LABELS[fmt]} SesquiLSR model takes {FILE_CHANNELS[fmt]} channels, but this file "
                              f"has {self.config.in_channels}")
         return adaptor or ADAPTORS[fmt]
 
@@ -666,16 +681,16 @@ class SesquiUpscaler(LatentUpscaler):
         fp32, the model runs in the module's dtype, the result comes back in the latent's dtype.
         """
         if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale):
-            raise ValueError(f"scale must be a finite number, got {scale!r}")
+            raise LuaError(f"scale must be a finite number, got {scale!r}")
         scale = float(scale)  # numpy scalars too
         if scale not in self.native_scales:
-            raise ValueError(f"SesquiLSR does {self.native_scales}, not x{scale:g}")
+            raise LuaError(f"SesquiLSR does {self.native_scales}, not x{scale:g}")
         if latent.ndim != 4:
-            raise ValueError(f"SesquiLSR upscale takes a 4-D latent [B, C, H, W], got shape {tuple(latent.shape)}; "
+            raise LuaError(f"SesquiLSR upscale takes a 4-D latent [B, C, H, W], got shape {tuple(latent.shape)}; "
                              "run 5-D (video) latents frame by frame")
         ad = self.adaptor_for(latent_format, adaptor)
         if latent.shape[1] != ad.latent_channels:
-            raise ValueError(f"this SesquiLSR file with the {ad.name} adaptor takes {ad.latent_channels}-channel "
+            raise LuaError(f"this SesquiLSR file with the {ad.name} adaptor takes {ad.latent_channels}-channel "
                              f"latents, got {latent.shape[1]}")
         vae_target = ad.vae_size(target_size(latent.shape[-2:], scale))
         z = ad.to_vae(latent).to(device=self.weights_device, dtype=self.dtype)
@@ -691,9 +706,9 @@ class SesquiUpscaler(LatentUpscaler):
         """The model in its own (VAE) space: z [B, in_channels, H, W] -> [B, in_channels, th, tw]."""
         th, tw = (int(v) for v in target_hw)
         if z.ndim != 4 or z.shape[1] != self.config.in_channels:
-            raise ValueError(f"SesquiLSR forward takes [B, {self.config.in_channels}, H, W], got {tuple(z.shape)}")
+            raise LuaError(f"SesquiLSR forward takes [B, {self.config.in_channels}, H, W], got {tuple(z.shape)}")
         if min(z.shape[-2:]) < 2 or min(th, tw) < 3:
-            raise ValueError(f"SesquiLSR pads by reflection: inputs need at least 2 pixels and targets at least 3 "
+            raise LuaError(f"SesquiLSR pads by reflection: inputs need at least 2 pixels and targets at least 3 "
                              f"per side (in VAE space), got {tuple(z.shape[-2:])} -> {(th, tw)}")
         inplace = not self._recording(z)
         head0, head2 = self.head_conv[0], self.head_conv[2]

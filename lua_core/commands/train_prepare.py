@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import argparse
 
+from . import LATENT_FORMAT_HELP, latent_format_arg
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", help="folder of images (searched recursively)")
     p.add_argument("out", help="output folder (shards + manifest.json)")
     p.add_argument("--vae", required=True, help="the frozen VAE: a diffusers folder or a ComfyUI/ldm single file")
-    p.add_argument("--latent-format", choices=["flux", "sd3", "sdxl", "sd15"], default=None,
-                   help="the VAE's latent space, recorded in the trained checkpoint (guessed for diffusers folders)")
+    p.add_argument("--latent-format", type=latent_format_arg, default=None, metavar="FORMAT",
+                   help="the VAE's latent space, recorded in the trained checkpoint (guessed for diffusers folders): "
+                        f"{LATENT_FORMAT_HELP}")
     p.add_argument("--crop", type=int, default=512, help="crop size in pixels (paper: 512)")
     p.add_argument("--scales", default="2,4", help="low-res factors (default 2,4: the x2 and x4 heads)")
     p.add_argument("--crops-per-image", type=int, default=1, help="random crops per image (default 1)")

@@ -10,6 +10,8 @@ import argparse
 import time
 from pathlib import Path
 
+from . import LATENT_FORMAT_HELP, latent_format_arg
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("src", help="safetensors file with latent tensors")
@@ -21,8 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", default=None,
                    help="where --repo downloads go (default: $LUA_MODELS_DIR or ~/.cache/lua_core)")
     p.add_argument("--key", action="append", help="only these tensors (repeatable; default: all)")
-    p.add_argument("--latent-format", choices=["flux", "sd3", "sdxl", "sd15"], default=None,
-                   help="latent space, for upscalers that need it (LSSGen)")
+    p.add_argument("--latent-format", type=latent_format_arg, default=None, metavar="FORMAT",
+                   help="which model made the latents, for upscalers that need it (LSSGen; a renamed 16-channel "
+                        f"SesquiLSR file): {LATENT_FORMAT_HELP}")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     p.add_argument("--max-memory", type=float, default=None, help="working-memory bound in GiB")

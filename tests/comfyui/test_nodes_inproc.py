@@ -309,9 +309,11 @@ def test_auto_order(comfy_inproc: harness.InProcComfy, upscale_dir: Path, lua_pa
     assert handle.name == SDXL_X2 and handle.upscaler.family == "city96"
     catalog = pack_module(lua_pack, "nodes.catalog")
     order = [c.name for c in catalog.ranked(catalog.all_choices(), "sdxl", 4)]
-    assert order == [SDXL_X2, "LSSGen-SDXL-VAE-scaler/", "download/city96-sdxl-x2", "download/nnlatent-sdxl",
-                     "download/lssgen-sdxl", "download/city96-sdxl-x1.25", "download/city96-sdxl-x1.5",
-                     "latent-upscaler-v2.1_SDxl-x1.5.safetensors"]
+    # downloads: city96 (Apache-2.0, exact x2), SesquiLSR (MIT), NNLatentUpscale (GPL-3.0); LSSGen's (no licence)
+    # fits but comes last and is never what auto fetches
+    assert order == [SDXL_X2, "LSSGen-SDXL-VAE-scaler/", "download/city96-sdxl-x2", "download/sesqui-sdxl",
+                     "download/nnlatent-sdxl", "download/city96-sdxl-x1.25", "download/city96-sdxl-x1.5",
+                     "latent-upscaler-v2.1_SDxl-x1.5.safetensors", "download/lssgen-sdxl"]
     flux = harness.make_tiny_model_patcher("Flux", "FLOW")
     assert load(comfy_inproc, "auto", model=flux).upscaler.family == "lua"
 
@@ -328,7 +330,7 @@ def test_loader_refuses_wrong_channels_and_lists_fitting(comfy_inproc: harness.I
     assert msg.startswith("Load LUA Model: lua_flux.pth")
     assert "16-channel" in msg and "4-channel SDXL" in msg
     fits = msg.split("Upscalers that fit: ")[1]
-    assert fits.startswith(f"{SDXL_X2}, download/city96-sdxl-x2, download/nnlatent-sdxl")
+    assert fits.startswith(f"{SDXL_X2}, download/city96-sdxl-x2, download/sesqui-sdxl, download/nnlatent-sdxl")
     assert "lua" not in fits.lower()
     # a download that cannot fit is refused before any download (offline would say so otherwise)
     flux = harness.make_tiny_model_patcher("Flux", "FLOW")
@@ -338,16 +340,48 @@ def test_loader_refuses_wrong_channels_and_lists_fitting(comfy_inproc: harness.I
     assert not (upscale_dir / SD15_X2).exists()
 
 
-@pytest.mark.comfyui
-def test_model_with_a_latent_format_no_upscaler_knows(comfy_inproc: harness.InProcComfy, upscale_dir: Path) -> None:
+def with_latent_format(name: str) -> Any:
+    """A tiny MODEL whose latent format is ComfyUI's class ``name`` (an instance, as real models hold)."""
     import comfy.latent_formats
 
+    model = harness.make_tiny_model_patcher("SD3", "FLOW").clone()
+    model.add_object_patch("latent_format", getattr(comfy.latent_formats, name)())
+    return model
+
+
+@pytest.mark.comfyui
+def test_model_with_a_latent_format_no_upscaler_knows(comfy_inproc: harness.InProcComfy, upscale_dir: Path) -> None:
+    """Refused before anything loads, naming the format, its channel count and how to make an upscaler."""
     place_lua(upscale_dir)
-    wan = harness.make_tiny_model_patcher("SD3", "FLOW").clone()
-    wan.add_object_patch("latent_format", comfy.latent_formats.Wan21())  # 16 channels, but not FLUX/SD3 latents
-    with pytest.raises(ValueError, match=r"^Load LUA Model: the connected MODEL uses ComfyUI's Wan21 latent format "
-                                         r"\(16 channels\); these upscalers are made for FLUX, SD3, SDXL and SD1.5"):
-        load(comfy_inproc, "auto", model=wan)
+    with pytest.raises(ValueError, match=r"^Load LUA Model: the connected MODEL uses ComfyUI's Wan22 latent format: "
+                                         r"no upscaler .* fits its Wan22 latents \(48-channel latents\)\. Make one "
+                                         r"for it with `python -m lua_core finetune`"):
+        load(comfy_inproc, "auto", model=with_latent_format("Wan22"))  # a Wan21 subclass with 48 channels
+    with pytest.raises(ValueError, match=r"^Load LUA Model: no upscaler on disk or in the download list fits "
+                                         r"HunyuanImage 2\.1 \(64-channel latents\)\. Make one for it with "
+                                         r"`python -m lua_core finetune`"):
+        load(comfy_inproc, "auto", model=with_latent_format("HunyuanImage21"))
+    with pytest.raises(ValueError, match=r"lua_flux.pth .* takes 16-channel latents, but the connected MODEL makes "
+                                         r"64-channel HunyuanImage 2\.1 latents: no upscaler .* finetune"):
+        load(comfy_inproc, value_for(comfy_inproc, "lua_flux.pth"), model=with_latent_format("HunyuanImage21"))
+
+
+@pytest.mark.comfyui
+def test_flux_and_wan21_latents_are_never_confused(comfy_inproc: harness.InProcComfy, upscale_dir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both have 16 channels. With a Qwen-Image (Wan21) MODEL, auto does not take the LUA FLUX file on disk but
+    SesquiLSR's Wan 2.1 download; choosing the LUA file is refused before anything loads."""
+    place_lua(upscale_dir)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    qwen = with_latent_format("Wan21")
+    with pytest.raises(ValueError, match=r"^Load LUA Model: sesqui-wan21: offline mode is on"):
+        load(comfy_inproc, "auto", model=qwen)
+    with pytest.raises(ValueError, match=r"^Load LUA Model: lua_flux.pth \(LUA .*\) is made for FLUX/SD3 latents, but "
+                                         r"the connected MODEL makes Wan 2\.1 latents \(Qwen-Image, Wan 2\.1\): the "
+                                         r"same channel count, another latent space\. Upscalers that fit: "
+                                         r"download/sesqui-wan21\."):
+        load(comfy_inproc, value_for(comfy_inproc, "lua_flux.pth"), model=qwen)
+    assert load(comfy_inproc, "auto", model=with_latent_format("Flux")).name == "lua_flux.pth"
 
 
 @pytest.mark.comfyui
@@ -368,8 +402,9 @@ def test_lssgen_needs_a_latent_format(comfy_inproc: harness.InProcComfy, upscale
     latent = {"samples": torch.randn(1, 4, 6, 6)}
     handle = load(comfy_inproc, "LSSGen-SDXL-VAE-scaler/")
     assert handle.info["license"] == "no licence stated: research use"
-    with pytest.raises(ValueError, match=r"^Latent Upscale \(LUA\): LSSGen-SDXL-VAE-scaler/ \(lssgen\) .*set "
-                                         r"latent_format .*connect the MODEL"):
+    with pytest.raises(ValueError, match=r"^Latent Upscale \(LUA\): LSSGen-SDXL-VAE-scaler/: this lssgen upscaler "
+                                         r"works in the model's scaled latent space and needs latent_format, one of "
+                                         r"sdxl, sd15\. Set latent_format, or connect the MODEL"):
         upscale(comfy_inproc, latent, handle)
     by_node = upscale(comfy_inproc, latent, handle, latent_format="sdxl")["samples"]
     assert tuple(by_node.shape) == (1, 4, 12, 12)
@@ -436,7 +471,8 @@ def test_non_native_scale_and_errors(comfy_inproc: harness.InProcComfy, upscale_
 
 
 @pytest.mark.comfyui
-def test_five_dim_latent_with_one_frame(comfy_inproc: harness.InProcComfy, upscale_dir: Path) -> None:
+def test_five_dim_latents_frame_by_frame(comfy_inproc: harness.InProcComfy, upscale_dir: Path) -> None:
+    """[B, C, T, H, W] (Qwen-Image makes T = 1; Wan 2.1 video more): every frame as an image, shape kept."""
     place_lua(upscale_dir)
     handle = load(comfy_inproc)
     video = torch.randn(2, 16, 1, 8, 6)
@@ -444,8 +480,12 @@ def test_five_dim_latent_with_one_frame(comfy_inproc: harness.InProcComfy, upsca
     assert tuple(out.shape) == (2, 16, 1, 16, 12)
     flat = upscale(comfy_inproc, {"samples": video[:, :, 0]}, handle)["samples"]
     assert torch.allclose(out[:, :, 0], flat, atol=1e-6)
-    with pytest.raises(ValueError, match=r"^Latent Upscale \(LUA\): the latent is a video latent with 3 frames"):
-        upscale(comfy_inproc, {"samples": torch.randn(1, 16, 3, 8, 8)}, handle)
+    frames = torch.randn(1, 16, 3, 8, 8)
+    out = upscale(comfy_inproc, {"samples": frames, "noise_mask": torch.ones(1, 1, 3, 8, 8)}, handle)
+    assert tuple(out["samples"].shape) == (1, 16, 3, 16, 16) and tuple(out["noise_mask"].shape) == (1, 1, 3, 16, 16)
+    for t in range(3):
+        one = upscale(comfy_inproc, {"samples": frames[:, :, t]}, handle)["samples"]
+        assert (out["samples"][:, :, t] - one).abs().max().item() <= 1e-5, f"frame {t}"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -94,7 +94,8 @@ def test_object_info_lists_both_nodes(server: harness.ComfyServer) -> None:
     assert req["scale"][0] == "FLOAT"
     assert {k: req["scale"][1][k] for k in ("default", "min", "max", "step")} == \
         {"default": 2.0, "min": 1.0, "max": 4.0, "step": 0.25}
-    assert req["latent_format"][1]["options"] == ["auto", "flux", "sd3", "sdxl", "sd15"]
+    assert req["latent_format"][1]["options"] == ["auto", "flux", "sd3", "sdxl", "sd15", "flux2", "wan21",
+                                                  "hunyuanimage21", "cogview4"]
     assert up["input"]["optional"]["tile"][0] == "INT" and up["input"]["optional"]["tile"][1]["default"] == 0
     assert "hires" in up["description"] and "upscale" in load["description"]
     assert server.import_failures() == []
