@@ -14,8 +14,10 @@
 # COMFYUI_033_PYTHON: use that Python (your own 0.33 venv, with pytest installed) instead; nothing is
 #   installed into it.
 # Idempotent: a stamp in the venv records what was installed; re-running with unchanged files is a no-op.
-# Prints `COMFYUI_DIR=... PYTHON=...` as its last line. Exit status 3: no 0.33 source here (nothing built).
+# Progress goes to stderr; stdout gets one line, `COMFYUI_DIR=... PYTHON=...`, what the tests run with
+# (scripts/test.sh reads it). Exit status 3: no ComfyUI 0.33 source here (nothing built).
 set -euo pipefail
+exec 3>&1 1>&2   # everything but the last line to stderr
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VERSION=${1:?usage: setup_comfyui.sh 0.33}
 case "$VERSION" in
@@ -37,7 +39,9 @@ if [ -n "${COMFYUI_033_DIR:-}" ]; then
 else
   COMFY=$HOME033/ComfyUI
   SRC_STAMP=$COMFY/.lua-source
-  if [ ! -f "$SRC_STAMP" ] || [ "$(cat "$SRC_STAMP")" != "$(basename "$TARBALL") $(stat -c %s "$TARBALL" 2>/dev/null)" ]; then
+  if [ ! -f "$TARBALL" ] && [ -f "$SRC_STAMP" ]; then
+    echo "[setup 0.33] $TARBALL is not here: keeping the source unpacked before ($(cat "$SRC_STAMP"))"
+  elif [ ! -f "$SRC_STAMP" ] || [ "$(cat "$SRC_STAMP")" != "$(basename "$TARBALL") $(stat -c %s "$TARBALL" 2>/dev/null)" ]; then
     if [ ! -f "$TARBALL" ]; then
       echo "[setup 0.33] no ComfyUI 0.33.0 source here: $TARBALL does not exist." >&2
       echo "[setup 0.33] Set COMFYUI_033_TARBALL to comfyui-0.33.0.tar.xz, or COMFYUI_033_DIR to a ComfyUI v0.33.0" \
@@ -87,4 +91,4 @@ else
   fi
 fi
 echo "[setup 0.33] ready: ComfyUI $GOT"
-echo "COMFYUI_DIR=$COMFY PYTHON=$PY"
+echo "COMFYUI_DIR=$COMFY PYTHON=$PY" >&3
