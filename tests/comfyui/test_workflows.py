@@ -76,7 +76,8 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "progressive_building_blocks": {"images": {"14": (128, 128)}, "latents": {"9": [1, 16, 16, 16]}},
 }
 
-# Frontend rules for the Missing Models dialog's Download button (frontend 1.32.9, MissingModelsWarning):
+# Frontend rules for the Missing Models dialog's Download button (frontend 1.32.9, MissingModelsWarning;
+# frontend 1.49.6 shows the models in its Errors tab instead, a row without a Download button is an error):
 # a URL from these sources and a file name with these suffixes, else the entry shows an error instead.
 DIALOG_ERRORS = ("Only allowed suffixes", "Download not allowed", "Invalid directory")
 # Known dialog errors per workflow (none today: Load LUA Model downloads the LUA weights itself, so no
@@ -370,6 +371,17 @@ def browser_report(comfy_server: harness.ComfyServer, artifacts_dir: Path) -> di
     return data
 
 
+def missing_models_shown(w: dict) -> tuple[list[str], dict[str, str]]:
+    """(model labels ``"folder / file"``, {label: why it has no Download button}) of what the frontend
+    shows for one loaded workflow: the Errors tab's Missing Models group (frontend 1.49) or the Missing
+    Models dialog (frontend 1.32, which has no Errors tab: ``errors_panel`` is None)."""
+    panel = w.get("errors_panel")
+    if panel is None:
+        return missing_models_dialog(w["dialogs"])
+    rows = panel["missing_models"]
+    return [m["label"] for m in rows], {m["label"]: m["text"] for m in rows if not m["download"]}
+
+
 def missing_models_dialog(dialogs: list[str]) -> tuple[list[str], dict[str, str]]:
     """(model labels ``"folder / file"`` in order, {label: error text}) of the Missing Models dialog."""
     text = next((d for d in dialogs if d.startswith("Missing Models")), "")
@@ -402,10 +414,12 @@ def test_browser_loads_workflow(name: str, browser_report: dict, object_info: di
     ui, api = load(name)
     assert w["errors"] == [], w["errors"]
     assert not [d for d in w["dialogs"] if "missing nodes" in d.lower()], w["dialogs"]
+    if w["errors_panel"] is not None:  # frontend 1.49: the only errors are missing models (no missing nodes...)
+        assert set(w["errors_panel"]["groups"]) <= {"error-group-missing-model"}, w["errors_panel"]
     nodes = {str(n["id"]): n for n in w["nodes"]}
     assert sorted(nodes, key=int) == sorted((str(n["id"]) for n in ui["nodes"]), key=int)
     for node in w["nodes"]:
-        assert node["registered"] and not node["has_errors"] and node["mode"] == 0, node["type"]
+        assert node["registered"] and node["mode"] == 0, node["type"]
 
     # every link whole and typed, every required link input connected, all widgets there
     assert w["problems"] == [] and len(w["links"]) == len(ui["links"]), w["problems"]
@@ -437,9 +451,15 @@ def test_browser_loads_workflow(name: str, browser_report: dict, object_info: di
             present[model["directory"]] = set(json.loads(body)) if status == 200 else set()
         if model["name"] not in present[model["directory"]]:
             expected.append(f"{model['directory']} / {model['name']}")
-    labels, errors = missing_models_dialog(w["dialogs"])
-    assert sorted(labels) == sorted(expected), w["dialogs"]
+    labels, errors = missing_models_shown(w)
+    assert sorted(labels) == sorted(expected), (w["dialogs"], w["errors_panel"])
     assert set(errors) == KNOWN_DIALOG_ERRORS.get(name, set()), errors
+    # the nodes flagged with an error (frontend 1.49 outlines a loader whose file is missing; 1.32 flags none)
+    # are those loaders, and only those
+    missing_loaders = {node_id for (node_id, _), (value, folder) in model_file_values(api).items()
+                       if value not in present.get(folder, set())}
+    flagged = {node_id for node_id, node in nodes.items() if node["has_errors"]}
+    assert flagged == (missing_loaders if w["errors_panel"] is not None else set()), (flagged, missing_loaders)
 
     with Image.open(w["screenshot"]) as shot:
         assert shot.width >= 1000 and shot.height >= 500
