@@ -140,7 +140,7 @@ async function hoverTooltips(page, nodeId) {
 }
 
 // The node search box of each frontend: its text input and the offered entries (display name on the
-// first line of each).
+// first line of each). In this order: the first whose input is visible is the one open.
 const SEARCH_UIS = [
   { frontend: '1.32 (ComfyUI 0.3.75)', input: '.comfy-vue-node-search-container input',
     options: '.p-autocomplete-option' },
@@ -152,13 +152,12 @@ const SEARCH_UIS = [
 async function search(page, query) {
   await page.evaluate(() => window.app.extensionManager.command.execute('Workspace.SearchBox.Toggle'));
   await page.locator(SEARCH_UIS.map((ui) => ui.input).join(', ')).first().waitFor({ timeout: 5000 });
-  const ui = [];
-  for (const u of SEARCH_UIS) if (await page.locator(u.input).first().isVisible()) ui.push(u);
-  if (ui.length !== 1) throw new Error(`node search: ${ui.length} known search inputs visible`);
-  await page.locator(ui[0].input).first().fill(query);
+  let ui = null; // the first that matches: 1.32's search input also matches 1.49's selector
+  for (const u of SEARCH_UIS) if (!ui && await page.locator(u.input).first().isVisible()) ui = u;
+  await page.locator(ui.input).first().fill(query);
   await page.waitForTimeout(600);
   const items = await page.evaluate((sel) => Array.from(document.querySelectorAll(sel))
-    .map((e) => e.innerText.split('\n')[0].replace(/\u00a0/g, ' ')), ui[0].options);
+    .map((e) => e.innerText.split('\n')[0].replace(/\u00a0/g, ' ')), ui.options);
   await page.keyboard.press('Escape');
   await page.waitForTimeout(200);
   return items.map((t) => t.trim()).filter(Boolean);
