@@ -18,6 +18,8 @@ quiet_pip() { grep -v "is ignored: it is neither a file nor a directory" >&2; }
 ./scripts/setup_env.sh 2> >(quiet_pip)
 PY=${LUA_VENV:-$ROOT/.venv}/bin/python
 ON_CI=${LUA_CI:-0}
+# the newest ComfyUI tested: on CI a version skip ("needs ComfyUI >= ...") fails there (tests/conftest.py)
+export LUA_NEWEST_COMFYUI=0.33.0
 
 # -- what run 2 gets: the options, and the paths under tests/comfyui -----------------------------------
 RUN2_ARGS=()
@@ -71,7 +73,8 @@ SUMMARY=$(mktemp -d)
 trap 'rm -rf "$SUMMARY"' EXIT
 STATUS=0
 
-echo "[test] run 1: ${*:-the whole suite} on ComfyUI 0.3.75 ($PY)"
+COMFY1=${COMFYUI_DIR:-$ROOT/.comfyui/ComfyUI}
+echo "[test] run 1: ${*:-the whole suite} on ComfyUI $(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$COMFY1/comfyui_version.py") ($PY, $COMFY1)"
 start=$SECONDS
 set +e
 LUA_TEST_SUMMARY=$SUMMARY/run1.json "$PY" -m pytest "$@"
@@ -132,7 +135,7 @@ PY
 if [ "$STATUS" -ne 0 ]; then
   echo "[test] FAILED"
 elif [ "$RUN2" = no ] && [ "$COMFY_PATHS" -gt 0 -o "$PATHS" -eq 0 ]; then
-  echo "[test] OK, but on ComfyUI 0.3.75 only: $RUN2_NOTE"
+  echo "[test] OK, but ComfyUI 0.33.0 was not tested: $RUN2_NOTE"
 else
   echo "[test] OK"
 fi

@@ -6,9 +6,10 @@ Tests get a private unpacked copy, so nothing can write into tests/data.
 
 On CI (``LUA_CI=1``, set by .ci/run) a test that cannot run is a failure, not a skip: every skip
 becomes a failure that gives the skip's reason, except a version skip (``needs ComfyUI >= 0.33 (...)``,
-see tests/comfyui/harness.py), which is the expected outcome on the oldest supported ComfyUI. Locally a
-skip stays a skip. The end of every run lists the skips by reason; with ``LUA_TEST_SUMMARY=FILE`` the
-counts also go to FILE as JSON (scripts/test.sh prints them for each of its runs).
+see tests/comfyui/harness.py) on a ComfyUI older than the newest CI tests (``LUA_NEWEST_COMFYUI``, set
+by scripts/test.sh), the expected outcome on the oldest supported ComfyUI. Locally a skip stays a skip.
+The end of every run lists the skips by reason; with ``LUA_TEST_SUMMARY=FILE`` the counts also go to
+FILE as JSON (scripts/test.sh prints them for each of its runs).
 """
 
 from __future__ import annotations
@@ -65,10 +66,22 @@ def conformance(tmp_path_factory) -> Callable[[str], Path]:
 ON_CI = os.environ.get("LUA_CI") == "1"
 
 
-def _version_skip_prefix() -> str:
-    from comfyui.harness import VERSION_SKIP_PREFIX  # stdlib only: no ComfyUI import
+def _version_skip_allowed(reason: str) -> bool:
+    """A version skip (``needs ComfyUI >= X (...)``), on a ComfyUI older than the newest CI tests
+    (``LUA_NEWEST_COMFYUI``, set by scripts/test.sh): there nothing may skip, so that a test gated on a
+    version CI does not have fails instead of never running."""
+    from comfyui import harness  # stdlib only: no ComfyUI import
 
-    return VERSION_SKIP_PREFIX
+    if not reason.startswith(harness.VERSION_SKIP_PREFIX):
+        return False
+    newest = os.environ.get("LUA_NEWEST_COMFYUI")
+    if not newest:
+        return True
+    try:
+        running = harness.comfyui_version(harness.comfyui_dir())
+    except harness.HarnessError:
+        return False
+    return harness.version_tuple(running) < harness.version_tuple(newest)
 
 
 def skip_reason(report: pytest.BaseReport) -> str:
@@ -82,7 +95,7 @@ def _fail_skip_on_ci(report: pytest.BaseReport) -> None:
     if not (ON_CI and report.skipped) or hasattr(report, "wasxfail"):
         return
     reason = skip_reason(report)
-    if reason.startswith(_version_skip_prefix()):
+    if _version_skip_allowed(reason):
         return
     report.outcome = "failed"
     report.longrepr = (f"on CI (LUA_CI=1) a test that cannot run is a failure, not a skip. "
