@@ -53,15 +53,6 @@ def pytest_report_header(config: pytest.Config) -> str:
         return f"ComfyUI: none ({err})"
 
 
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    for mark in item.iter_markers("requires_comfyui"):
-        try:
-            harness.comfyui_dir()
-        except harness.HarnessError:
-            return  # no ComfyUI at all: the comfyui_path fixture says so
-        harness.skip_unless_comfyui(*mark.args, **mark.kwargs)
-
-
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
@@ -69,6 +60,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.comfyui_server)
         if used & INPROC_FIXTURES:
             item.add_marker(pytest.mark.comfyui)
+        for mark in item.iter_markers("requires_comfyui"):  # skipped where the test is, not in the harness
+            try:
+                harness.comfyui_dir()
+            except harness.HarnessError:
+                break  # no ComfyUI at all: the comfyui_path fixture says so
+            minimum, why = _requires_args(*mark.args, **mark.kwargs)
+            if not harness.comfyui_at_least(minimum):
+                item.add_marker(pytest.mark.skip(reason=harness.version_skip_reason(minimum, why)))
+                break
+
+
+def _requires_args(minimum: str, why: str) -> tuple[str, str]:
+    return minimum, why
 
 
 @pytest.hookimpl(hookwrapper=True)
