@@ -97,3 +97,34 @@ def test_flux2_latent_into_lua_is_refused(comfy_inproc: harness.InProcComfy, lua
         comfy_inproc.run_node("LUA_LatentUpscale", samples=latent, upscale_model=handle, scale=2.0,
                               latent_format="auto", tile=0)
     assert "16-channel" in str(err.value)
+
+
+def tiny_flux2_model() -> object:
+    """A FLUX.2 MODEL (ComfyUI's ``supported_models.Flux2`` config, whose class derives from FLUX.1's but
+    whose latent format is the 128-channel Flux2) around the harness's tiny conv."""
+    import comfy.model_base
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = type("TinyFlux2Config", (comfy.supported_models.Flux2,),
+                  {"unet_config": {}, "unet_extra_config": {}, "manual_cast_dtype": None})
+    cfg = config({"in_channels": 128, "out_channels": 128, "hidden_size": 2604})  # Flux2 reads hidden_size
+    tiny_conv = harness._tiny_diffusion_model_class()
+    model = comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType.FLOW,
+                                       device=mm.unet_offload_device(), unet_model=tiny_conv)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+@pytest.mark.comfyui
+@pytest.mark.requires_comfyui("0.33", "the Flux2 latent format")
+@pytest.mark.parametrize("model_name", ["auto", "lua_v033.pth"])
+def test_flux2_model_into_loader_is_refused(comfy_inproc: harness.InProcComfy, lua_folder: Path,
+                                            model_name: str) -> None:
+    """A FLUX.2 MODEL is not taken for FLUX.1 (its config class derives from FLUX.1's): Load LUA Model
+    names its latent format and channel count instead of loading a FLUX.1 upscaler for it."""
+    model = tiny_flux2_model()
+    assert type(model.get_model_object("latent_format")).__name__ == "Flux2"
+    with pytest.raises(Exception, match=r"^Load LUA Model: .*Flux2.*128 channels"):
+        comfy_inproc.run_node("LUA_LoadModel", model_name=model_name, dtype="auto", model=model)
