@@ -11,7 +11,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  closeDialogs, errorsSince, loadWorkflow, openComfy, openDialogs, screenshotGraph,
+  closeDialogs, errorsSince, hasErrorsPanel, loadWorkflow, openComfy, openDialogs, readErrorsPanel, screenshotGraph,
 } from './comfy_page.mjs';
 
 const PACK_MODULE = 'ComfyUI-LUA'; // python_module of the pack's nodes: custom_nodes.ComfyUI-LUA
@@ -139,15 +139,25 @@ async function hoverTooltips(page, nodeId) {
   return out;
 }
 
+// The node search box of each frontend: its text input and the offered entries (display name on the
+// first line of each). In this order: the first whose input is visible is the one open.
+const SEARCH_UIS = [
+  { frontend: '1.32 (ComfyUI 0.3.75)', input: '.comfy-vue-node-search-container input',
+    options: '.p-autocomplete-option' },
+  { frontend: '1.49 (ComfyUI 0.33)', input: '[role="search"] input[role="combobox"]',
+    options: '[role="search"] [role="option"]' },
+];
+
 // The node search box (double-click on the canvas) for a query: the display names it offers, in order.
 async function search(page, query) {
   await page.evaluate(() => window.app.extensionManager.command.execute('Workspace.SearchBox.Toggle'));
-  const input = page.locator('.comfy-vue-node-search-container input').first();
-  await input.waitFor({ timeout: 5000 });
-  await input.fill(query);
+  await page.locator(SEARCH_UIS.map((ui) => ui.input).join(', ')).first().waitFor({ timeout: 5000 });
+  let ui = null; // the first that matches: 1.32's search input also matches 1.49's selector
+  for (const u of SEARCH_UIS) if (!ui && await page.locator(u.input).first().isVisible()) ui = u;
+  await page.locator(ui.input).first().fill(query);
   await page.waitForTimeout(600);
-  const items = await page.evaluate(() => Array.from(document.querySelectorAll('.p-autocomplete-option'))
-    .map((e) => e.innerText.split('\n')[0].replace(/\u00a0/g, ' ')));
+  const items = await page.evaluate((sel) => Array.from(document.querySelectorAll(sel))
+    .map((e) => e.innerText.split('\n')[0].replace(/\u00a0/g, ' ')), ui.options);
   await page.keyboard.press('Escape');
   await page.waitForTimeout(200);
   return items.map((t) => t.trim()).filter(Boolean);
@@ -164,6 +174,7 @@ async function checkOne(session, file, outDir, probed) {
   const dialogs = await openDialogs(page);
   await closeDialogs(page);
   const graph = await page.evaluate(inspectGraph);
+  const errorsPanel = (await hasErrorsPanel(page)) ? await readErrorsPanel(page) : null; // frontend 1.49+
   const prompt = await page.evaluate(async () => (await window.app.graphToPrompt()).output);
   const serialized = await page.evaluate(() => window.app.graph.serialize());
   const shot = path.join(outDir, `${name}.png`);
@@ -176,8 +187,8 @@ async function checkOne(session, file, outDir, probed) {
     }
   }
   const errors = errorsSince(log, t0);
-  return { name, file, load_ms: loadMs, total_ms: Date.now() - t0, dialogs, ...graph, prompt, serialized,
-    screenshot: shot, view, tooltips, errors };
+  return { name, file, load_ms: loadMs, total_ms: Date.now() - t0, dialogs, errors_panel: errorsPanel, ...graph,
+    prompt, serialized, screenshot: shot, view, tooltips, errors };
 }
 
 // The template browser ("Templates" in the sidebar) on this pack's category: which cards it shows and
@@ -208,7 +219,8 @@ async function main() {
   const args = parseArgs(process.argv.slice(2));
   fs.mkdirSync(args.out, { recursive: true });
   const session = await openComfy(args.url);
-  const report = { timings: session.timings, startup_errors: errorsSince(session.log, 0), workflows: [] };
+  const frontend = await session.page.evaluate(() => window.__COMFYUI_FRONTEND_VERSION__ ?? null);
+  const report = { frontend, timings: session.timings, startup_errors: errorsSince(session.log, 0), workflows: [] };
   try {
     const probed = new Set();
     for (const file of args.files) report.workflows.push(await checkOne(session, file, args.out, probed));

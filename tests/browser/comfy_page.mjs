@@ -132,3 +132,48 @@ export async function loadWorkflow(page, workflow, name) {
   }, [workflow, name]);
   await page.waitForTimeout(500); // dialogs open asynchronously
 }
+
+// Frontend 1.49 (ComfyUI 0.33) opens no Missing Models dialog: it outlines the nodes whose model files are
+// missing and shows an overlay ("N errors found", View details) that opens the Errors tab of the right side
+// panel, where the Missing Models group lists each file with its folder and a Download button. Frontend
+// 1.32 (ComfyUI 0.3.75) has no such tab (the setting below is unknown there) and uses the dialog.
+export async function hasErrorsPanel(page) {
+  return page.evaluate(() => window.app.extensionManager.setting.get('Comfy.RightSidePanel.ShowErrorsTab') === true);
+}
+
+// What the Errors tab shows after a workflow was loaded, read as a person does: leave focus mode (it hides
+// the overlay), click View details, read the error groups, close the panel, focus mode again.
+// Returns { groups: [data-testid of each error group], missing_models: [{ name, directory, label, download,
+// text }] }, both empty when the frontend found no error (no overlay).
+export async function readErrorsPanel(page) {
+  await page.evaluate(() => window.app.extensionManager.command.execute('Workspace.ToggleFocusMode'));
+  const details = page.getByText('View details', { exact: true }).first();
+  let result = { groups: [], missing_models: [] };
+  try {
+    await details.waitFor({ state: 'visible', timeout: 3000 });
+  } catch {
+    await page.evaluate(() => window.app.extensionManager.command.execute('Workspace.ToggleFocusMode'));
+    return result;
+  }
+  await details.click();
+  await page.locator('[data-testid^="error-group-"]').first().waitFor({ timeout: 5000 });
+  await page.waitForTimeout(300);
+  result = await page.evaluate(() => {
+    const groups = Array.from(document.querySelectorAll('section[data-testid^="error-group-"]')).map((g) => g.dataset.testid);
+    const group = document.querySelector('[data-testid="error-group-missing-model"]');
+    const rows = group ? Array.from(group.querySelectorAll('[data-testid$="-rows"] > div')) : [];
+    const missing = rows.map((row) => {
+      const name = row.querySelector('button[title]')?.getAttribute('title') ?? null;
+      const directory = row.querySelector('span[class*="text-2xs"]')?.innerText.trim() ?? null;
+      return { name, directory, label: `${directory} / ${name}`,
+        download: !!row.querySelector('[data-testid="missing-model-download"]'), text: row.innerText };
+    });
+    return { groups, missing_models: missing };
+  });
+  await page.locator('button[aria-label="Toggle properties panel"]').first().click();
+  await page.locator('[data-testid^="error-group-"]').first().waitFor({ state: 'detached', timeout: 5000 })
+    .catch(() => {});
+  await page.evaluate(() => window.app.extensionManager.command.execute('Workspace.ToggleFocusMode'));
+  await page.waitForTimeout(200);
+  return result;
+}

@@ -1,4 +1,4 @@
-"""pytest fixtures for testing the pack against a real ComfyUI 0.3.75 on CPU (see harness.py).
+"""pytest fixtures for testing the pack against a real ComfyUI (0.3.75 or 0.33.0) on CPU (see harness.py).
 
 Why it exists: every node, workflow and server test of the pack shares one way to get ComfyUI:
 
@@ -12,9 +12,12 @@ Why it exists: every node, workflow and server test of the pack shares one way t
 
 Tests that use the server fixtures get the ``comfyui_server`` marker, tests that use the in-process
 ones the ``comfyui`` marker, automatically (``-m "not comfyui_server"`` skips every server start).
-Environment: ``COMFYUI_DIR`` (ComfyUI source, default ``.comfyui/ComfyUI``), ``LUA_TEST_ARTIFACTS``
-(model cache, default ``tests/_artifacts``), ``LUA_SKIP_WITHOUT_COMFYUI=1`` (skip instead of error
-when ComfyUI is not installed).
+``@pytest.mark.requires_comfyui("0.33", "the Flux2 latent format")`` skips a test on an older ComfyUI
+with the reason ``needs ComfyUI >= 0.33 (the Flux2 latent format)``.
+Environment: ``COMFYUI_DIR`` (ComfyUI source, default ``.comfyui/ComfyUI``; run pytest with that
+ComfyUI's Python, e.g. ``.comfyui/0.33/venv/bin/python`` for 0.33.0), ``LUA_TEST_ARTIFACTS`` (model
+cache, default ``tests/_artifacts``), ``LUA_SKIP_WITHOUT_COMFYUI=1`` (skip instead of error when ComfyUI
+is not installed; on CI, LUA_CI=1, such a skip is a failure, see tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -36,6 +39,18 @@ SERVER_FIXTURES = frozenset({"comfy_server", "comfy_server_factory"})
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "comfyui: imports ComfyUI into the test process (in-process tests)")
     config.addinivalue_line("markers", "comfyui_server: starts or uses a ComfyUI server subprocess")
+    config.addinivalue_line("markers", "requires_comfyui(version, why): skip on a ComfyUI older than version, "
+                            "with the reason 'needs ComfyUI >= version (why)'")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    import sys
+
+    try:
+        path = harness.comfyui_dir()
+        return f"ComfyUI {harness.comfyui_version(path)} at {path} (Python {sys.executable})"
+    except harness.HarnessError as err:
+        return f"ComfyUI: none ({err})"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -45,6 +60,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.comfyui_server)
         if used & INPROC_FIXTURES:
             item.add_marker(pytest.mark.comfyui)
+        for mark in item.iter_markers("requires_comfyui"):  # skipped where the test is, not in the harness
+            try:
+                harness.comfyui_dir()
+            except harness.HarnessError:
+                break  # no ComfyUI at all: the comfyui_path fixture says so
+            minimum, why = _requires_args(*mark.args, **mark.kwargs)
+            if not harness.comfyui_at_least(minimum):
+                item.add_marker(pytest.mark.skip(reason=harness.version_skip_reason(minimum, why)))
+                break
+
+
+def _requires_args(minimum: str, why: str) -> tuple[str, str]:
+    return minimum, why
 
 
 @pytest.hookimpl(hookwrapper=True)

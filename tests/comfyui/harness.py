@@ -1,4 +1,4 @@
-"""Test harness for running this node pack inside a real ComfyUI 0.3.75 on CPU.
+"""Test harness for running this node pack inside a real ComfyUI (0.3.75 and 0.33.0) on CPU.
 
 Why it exists: the pack's nodes, workflows and server behaviour must be tested against ComfyUI's own
 code (its node loader, executor, model patcher, samplers and HTTP API), not against mocks. This module
@@ -15,6 +15,12 @@ gives every test two ways to do that:
 It also builds checkpoint-free models: :func:`make_tiny_model_patcher` wraps a tiny deterministic conv in
 a real ``comfy.model_base.BaseModel`` + ``ModelPatcher`` so KSampler and model patch nodes run in
 milliseconds.
+
+Which ComfyUI is tested is chosen by the environment: ``COMFYUI_DIR`` (its source) and the Python that
+runs pytest (servers run under the same interpreter; ComfyUI 0.33.0 has its own venv, see
+scripts/setup_comfyui.sh). :func:`comfyui_version` tells tests which one it is, and
+:func:`skip_unless_comfyui` / the ``requires_comfyui`` marker (conftest.py) skip a test that needs a newer
+one, with the reason ``needs ComfyUI >= 0.33 (...)``.
 
 The module imports only the standard library at import time: ComfyUI and torch are imported lazily,
 because the test-only node pack (``test_nodes_pack``) loads this file inside the server process too.
@@ -81,10 +87,68 @@ def comfyui_dir() -> Path:
     path = Path(env).expanduser().resolve() if env else REPO_ROOT / ".comfyui" / "ComfyUI"
     if not (path / "main.py").is_file() or not (path / "nodes.py").is_file():
         raise HarnessError(
-            f"no ComfyUI at {path} (main.py/nodes.py missing). Run scripts/setup_env.sh, "
-            "or set COMFYUI_DIR to a ComfyUI 0.3.75 source directory."
+            f"no ComfyUI at {path} (main.py/nodes.py missing). Run scripts/setup_env.sh (0.3.75) or "
+            "scripts/setup_comfyui.sh 0.33, or set COMFYUI_DIR to a ComfyUI source directory."
         )
     return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Which ComfyUI
+# ---------------------------------------------------------------------------------------------------
+
+#: how every version skip's reason starts; on CI (LUA_CI=1) the only kind of skip that is not a failure
+VERSION_SKIP_PREFIX = "needs ComfyUI >= "
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"0.3.75"`` -> ``(0, 3, 75)``; ``"0.33"`` -> ``(0, 33)`` (compares as ComfyUI's releases do: 0.33 > 0.3.75)."""
+    try:
+        return tuple(int(part) for part in version.strip().split("."))
+    except ValueError:
+        raise ValueError(f"not a ComfyUI version: {version!r}") from None
+
+
+def comfyui_version(comfy_dir: Path | None = None) -> str:
+    """The version of the ComfyUI under test (``__version__`` of its ``comfyui_version.py``, read as text).
+
+    Inside a process that has imported ComfyUI it is that ComfyUI's; otherwise ``comfy_dir`` or
+    :func:`comfyui_dir`. Never imports ComfyUI.
+    """
+    if comfy_dir is None:
+        imported = sys.modules.get("comfy.model_management")
+        comfy_dir = Path(imported.__file__).resolve().parents[1] if imported is not None else comfyui_dir()
+    path = Path(comfy_dir) / "comfyui_version.py"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise HarnessError(f"cannot read the ComfyUI version: {err}") from None
+    for line in text.splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip("\"'")
+    raise HarnessError(f"no __version__ in {path}")
+
+
+def comfyui_at_least(minimum: str, comfy_dir: Path | None = None) -> bool:
+    """Whether the ComfyUI under test is ``minimum`` or newer (``"0.33"`` means 0.33.0)."""
+    return version_tuple(comfyui_version(comfy_dir)) >= version_tuple(minimum)
+
+
+def version_skip_reason(minimum: str, why: str) -> str:
+    """The skip reason for a test that needs ComfyUI ``minimum``: ``needs ComfyUI >= 0.33 (why)``."""
+    return f"{VERSION_SKIP_PREFIX}{minimum} ({why})"
+
+
+def skip_unless_comfyui(minimum: str, why: str) -> None:
+    """Skip the calling test (or fixture) unless the ComfyUI under test is ``minimum`` or newer.
+
+    ``why`` names what the test needs, e.g. ``"the Flux2 latent format"``. Tests can also use the marker
+    ``@pytest.mark.requires_comfyui("0.33", "the Flux2 latent format")`` (tests/comfyui/conftest.py).
+    """
+    if not comfyui_at_least(minimum):
+        import pytest
+
+        pytest.skip(version_skip_reason(minimum, why))
 
 
 def ensure_comfy_importable(comfy_dir: Path | None = None) -> Path:
@@ -232,16 +296,18 @@ class InProcComfy:
         ex = self.execution
         class_def = self.node_class(node_id)
         unique_id = "1"
-        input_data_all, missing, hidden = ex.get_input_data(inputs, class_def, unique_id)
+        # the third value is the V3 hidden inputs (0.3.75: ``hidden_inputs``) or all of the V3 data, hidden
+        # inputs and dynamic-input layout (0.33: ``v3_data``); _async_map_node_over_list takes it by that name
+        input_data_all, missing, v3 = ex.get_input_data(inputs, class_def, unique_id)
         if missing:
             raise HarnessError(f"{node_id}: link-shaped input values are not supported: {sorted(missing)}")
         obj = class_def()
         prompt_id = f"inproc-{uuid.uuid4()}"
+        v3_kwarg = _v3_data_parameter(ex)
 
         async def _go() -> tuple[list, dict]:
             results = await ex._async_map_node_over_list(prompt_id, unique_id, obj, input_data_all,
-                                                          obj.FUNCTION, allow_interrupt=True,
-                                                          hidden_inputs=hidden)
+                                                          obj.FUNCTION, allow_interrupt=True, **{v3_kwarg: v3})
             results = await ex.resolve_map_node_over_list_results(results)
             output, ui, has_subgraph = ex.get_output_from_returns(results, obj)
             if has_subgraph:
@@ -260,6 +326,18 @@ class InProcComfy:
 
 
 _INPROC: InProcComfy | None = None
+
+
+def _v3_data_parameter(execution: ModuleType) -> str:
+    """The name under which ``execution._async_map_node_over_list`` takes get_input_data's third value."""
+    import inspect
+
+    params = inspect.signature(execution._async_map_node_over_list).parameters
+    for name in ("v3_data", "hidden_inputs"):  # 0.33 ... 0.3.75
+        if name in params:
+            return name
+    raise HarnessError(f"execution._async_map_node_over_list{inspect.signature(execution._async_map_node_over_list)} "
+                       "takes neither v3_data nor hidden_inputs: a ComfyUI this harness does not know")
 
 
 def _entrypoint_traceback(module: ModuleType) -> str:
@@ -295,8 +373,10 @@ def init_inprocess(base_dir: str | os.PathLike, comfy_dir: Path | None = None,
     Mirrors main.py's import order (``utils.extra_config`` before ``nodes``: nodes.py puts ``comfy/`` at
     ``sys.path[0]``, after which a bare ``import utils`` would find ``comfy/utils.py``). ``base_dir`` gets
     models/ input/ output/ temp/ user/ custom_nodes/; ``folder_paths`` points there, so nothing is
-    written into the ComfyUI source tree. With ``builtin_extras`` the comfy_extras nodes (V1 and V3,
-    e.g. ``EmptySD3LatentImage``, ``ModelSamplingFlux``) are registered like in the server (API nodes
+    written into the ComfyUI source tree. ``server.PromptServer.instance`` exists, as in the server, but
+    never listens (:func:`_ensure_prompt_server`); every progress update reaches the progress hook
+    (:func:`_unthrottle_progress`). With ``builtin_extras`` the comfy_extras nodes (V1 and
+    V3, e.g. ``EmptySD3LatentImage``, ``ModelSamplingFlux``) are registered like in the server (API nodes
     and custom_nodes/ are not). A second call with another ``base_dir`` re-points ``folder_paths``.
     """
     global _INPROC
@@ -316,13 +396,14 @@ def init_inprocess(base_dir: str | os.PathLike, comfy_dir: Path | None = None,
     folder_paths = importlib.import_module("folder_paths")
     _point_folder_paths(folder_paths, base)
     importlib.import_module("utils.extra_config")  # before nodes: see docstring
-    importlib.import_module("comfy.utils")
+    _unthrottle_progress(importlib.import_module("comfy.utils"))
     execution = importlib.import_module("execution")
-    importlib.import_module("server")  # comfy_extras import PromptServer from it
+    server = importlib.import_module("server")  # comfy_extras import PromptServer from it
     nodes = importlib.import_module("nodes")
     if Path(nodes.__file__).resolve() != comfy_dir.resolve() / "nodes.py":
         raise HarnessError(f"'import nodes' gave {nodes.__file__}, not ComfyUI's nodes.py: another "
                            "'nodes' module was imported first")
+    _ensure_prompt_server(server)
     if builtin_extras:
         failed = _run_coro(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
         if failed:
@@ -330,6 +411,39 @@ def init_inprocess(base_dir: str | os.PathLike, comfy_dir: Path | None = None,
     _INPROC = InProcComfy(comfyui_dir=comfy_dir, base_dir=base, nodes=nodes, folder_paths=folder_paths,
                           execution=execution, builtin_node_ids=frozenset(nodes.NODE_CLASS_MAPPINGS))
     return _INPROC
+
+
+def _unthrottle_progress(comfy_utils: ModuleType) -> None:
+    """Let every ``ProgressBar`` update reach the progress hook, as ComfyUI 0.3.75 does.
+
+    ComfyUI 0.33's ``ProgressBar.update_absolute`` passes the first and the last update (and any with a
+    preview) to the hook, and others only 100 ms and 0.5 % after the last one passed, to spare the web
+    UI. In-process tests put their own hook there to see what a node reports, step by step, which must
+    not depend on how fast the CPU is; so the in-process ComfyUI has both limits at 0. The servers
+    keep ComfyUI's settings.
+    """
+    for name in ("PROGRESS_THROTTLE_MIN_INTERVAL", "PROGRESS_THROTTLE_MIN_PERCENT"):
+        if hasattr(comfy_utils, name):
+            setattr(comfy_utils, name, 0.0)
+
+
+def _ensure_prompt_server(server: ModuleType) -> None:
+    """Create ``server.PromptServer.instance`` as main.py does before it loads any node module.
+
+    Node modules may use the instance while they load: ComfyUI 0.33's ``comfy_extras/nodes_replacements.py``
+    registers its node replacements through ``PromptServer.instance.node_replace_manager`` in its
+    extension's ``on_load``. The real class is constructed (its managers, routes and frontend lookup, as in
+    the server) on an event loop of its own that nothing runs: the instance never listens, and what nodes
+    send to clients (``send_sync``) is queued there unread. Nothing is done if an instance exists.
+    """
+    if getattr(server.PromptServer, "instance", None) is not None:
+        return
+    loop = asyncio.new_event_loop()
+    try:
+        server.PromptServer(loop)
+    except Exception as err:
+        loop.close()
+        raise HarnessError(f"could not create ComfyUI's PromptServer in-process: {err!r}") from err
 
 
 def load_pack(path: str | os.PathLike, install_name: str | None = None) -> ModuleType:

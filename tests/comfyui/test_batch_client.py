@@ -1,4 +1,4 @@
-"""The batch client (``lua_core.batch``, ``python -m lua_core batch``) against a real ComfyUI 0.3.75 on CPU.
+"""The batch client (``lua_core.batch``, ``python -m lua_core batch``) against a real ComfyUI (0.3.75 or 0.33.0) on CPU.
 
 Why these tests: the client promises that no job is lost or run twice, whatever happens to the server or
 the client. Each promise is exercised for real: a 12-job sweep, a server SIGKILLed mid-batch (the client

@@ -1,4 +1,4 @@
-"""Smoke tests proving the ComfyUI test harness works against the real ComfyUI 0.3.75 (no mocks).
+"""Smoke tests proving the ComfyUI test harness works against a real ComfyUI, 0.3.75 or 0.33.0 (no mocks).
 
 Why it exists: every node/workflow/server test of the pack relies on harness.py and conftest.py. These
 tests show each piece does what it claims, and that its failure checks can fail: in-process import

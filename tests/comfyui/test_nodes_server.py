@@ -1,4 +1,4 @@
-"""The pack's nodes in a real ComfyUI 0.3.75 server, driven over HTTP like the frontend does.
+"""The pack's nodes in a real ComfyUI server (0.3.75 or 0.33.0), driven over HTTP like the frontend does.
 
 Why besides the in-process tests: the server imports the pack from ``custom_nodes/`` at start-up,
 builds ``/object_info`` from the schemas, validates API prompts, runs them under its executor

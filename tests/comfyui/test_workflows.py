@@ -1,4 +1,4 @@
-"""The example workflows in ``workflows/`` against the real ComfyUI 0.3.75 server and its real web frontend.
+"""The example workflows in ``workflows/`` against a real ComfyUI server (0.3.75 or 0.33.0) and its real web frontend.
 
 Why it exists: a workflow a user drags into ComfyUI must load without a missing node or widget, say
 where its checkpoints come from, queue without a validation error other than the checkpoints the user
@@ -23,10 +23,11 @@ its rules:
   a working Download button, every link is whole and every required input connected, no page error,
   ``app.graphToPrompt()`` gives the API twin, the pack's tooltips show on hover, the node search finds
   the nodes, the template browser shows the thumbnails. Screenshots land in
-  ``tests/_artifacts/screenshots/`` for a person to look at.
+  ``tests/_artifacts/screenshots/comfyui-<version>/`` for a person to look at. The frontend is the
+  one the ComfyUI under test pins (0.3.75: 1.32.9; 0.33.0: 1.49.6).
 
 The browser part skips, saying why, only where ``/usr/bin/chromium`` or ``tests/browser/node_modules``
-is missing (``.ci/run`` installs both).
+is missing (``.ci/run`` installs both; on CI such a skip is a failure).
 """
 
 from __future__ import annotations
@@ -75,13 +76,16 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "progressive_building_blocks": {"images": {"14": (128, 128)}, "latents": {"9": [1, 16, 16, 16]}},
 }
 
-# Frontend rules for the Missing Models dialog's Download button (frontend 1.32.9, MissingModelsWarning):
+# Frontend rules for the Missing Models dialog's Download button (frontend 1.32.9, MissingModelsWarning;
+# frontend 1.49.6 shows the models in its Errors tab instead, a row without a Download button is an error):
 # a URL from these sources and a file name with these suffixes, else the entry shows an error instead.
 DIALOG_ERRORS = ("Only allowed suffixes", "Download not allowed", "Invalid directory")
 # Known dialog errors per workflow (none today: Load LUA Model downloads the LUA weights itself, so no
 # workflow lists that .pth, which the frontend would refuse to download).
 KNOWN_DIALOG_ERRORS: dict[str, set[str]] = {}
 # The pack's node types the workflows use, whose every input and widget must carry a tooltip.
+# The first ComfyUI tested here that validates V3 COMBO values at queue time (0.3.75 does not).
+V3_COMBO_VALIDATION = "0.33"
 FULLY_DOCUMENTED = ("LUA_LoadModel", "LUA_LatentUpscale", "LUA_ProgressiveSampler", "LUA_ReNoiseLatent")
 
 
@@ -113,6 +117,15 @@ def input_specs(info: dict) -> dict[str, tuple[Any, dict]]:
         for name, spec in info["input"].get(section, {}).items():
             out[name] = (spec[0], spec[1] if len(spec) > 1 else {})
     return out
+
+
+def validated_at_queue_time(kind: Any) -> bool:
+    """Whether the server checks a combo input's value when a prompt is queued (``POST /prompt``).
+
+    ComfyUI 0.3.75 checks it only for V1 nodes (options given as a list); 0.33 also for a V3 ``COMBO``
+    (options in the input's ``options``), e.g. UpscaleModelLoader's ``model_name``. Neither checks an
+    input of a node whose ``validate_inputs`` takes it (Load LUA Model's ``model_name``)."""
+    return isinstance(kind, list) or (kind == "COMBO" and harness.comfyui_at_least(V3_COMBO_VALIDATION))
 
 
 def combo_options(kind: Any, opts: dict) -> list | None:
@@ -223,8 +236,8 @@ def test_server_validation_fails_only_on_model_files(name: str, comfy_server: ha
     """POST the unmodified API twin: ComfyUI validates every node and input; the only errors must be
     the model files the user downloads (none is on the test server), each listed in the metadata.
 
-    ComfyUI 0.3.75 checks combo values only for V1 nodes (options given as a list); a V3 ``COMBO`` such
-    as UpscaleModelLoader's is not checked at queue time, so those are left to the test above."""
+    Which model files ComfyUI checks at queue time depends on its version (:func:`validated_at_queue_time`);
+    the others are left to the test above."""
     ui, api = load(name)
     with pytest.raises(harness.PromptValidationError) as err:
         comfy_server.post_prompt(api)
@@ -232,7 +245,7 @@ def test_server_validation_fails_only_on_model_files(name: str, comfy_server: ha
               for e in entry["errors"]}
     model_files = model_file_values(api)
     checked = {key for key in model_files
-               if isinstance(input_specs(object_info[api[key[0]]["class_type"]])[key[1]][0], list)}
+               if validated_at_queue_time(input_specs(object_info[api[key[0]]["class_type"]])[key[1]][0])}
     assert set(errors) == checked, json.dumps(err.value.body)[:3000]
     documented = {(m["name"], m["directory"]) for m in all_models(ui)}
     for key, error in errors.items():
@@ -342,7 +355,7 @@ def browser_report(comfy_server: harness.ComfyServer, artifacts_dir: Path) -> di
                     "(.ci/run does)")
     if shutil.which("node") is None or not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
         pytest.skip("the browser test's npm dependencies are missing: run `npm ci` in tests/browser (.ci/run does)")
-    out = artifacts_dir / "screenshots"
+    out = artifacts_dir / "screenshots" / f"comfyui-{harness.comfyui_version()}"  # one folder per ComfyUI tested
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     report = out / "report.json"
@@ -356,6 +369,17 @@ def browser_report(comfy_server: harness.ComfyServer, artifacts_dir: Path) -> di
     data = json.loads(report.read_text(encoding="utf-8"))
     data["by_name"] = {w["name"]: w for w in data["workflows"]}
     return data
+
+
+def missing_models_shown(w: dict) -> tuple[list[str], dict[str, str]]:
+    """(model labels ``"folder / file"``, {label: why it has no Download button}) of what the frontend
+    shows for one loaded workflow: the Errors tab's Missing Models group (frontend 1.49) or the Missing
+    Models dialog (frontend 1.32, which has no Errors tab: ``errors_panel`` is None)."""
+    panel = w.get("errors_panel")
+    if panel is None:
+        return missing_models_dialog(w["dialogs"])
+    rows = panel["missing_models"]
+    return [m["label"] for m in rows], {m["label"]: m["text"] for m in rows if not m["download"]}
 
 
 def missing_models_dialog(dialogs: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -390,10 +414,12 @@ def test_browser_loads_workflow(name: str, browser_report: dict, object_info: di
     ui, api = load(name)
     assert w["errors"] == [], w["errors"]
     assert not [d for d in w["dialogs"] if "missing nodes" in d.lower()], w["dialogs"]
+    if w["errors_panel"] is not None:  # frontend 1.49: the only errors are missing models (no missing nodes...)
+        assert set(w["errors_panel"]["groups"]) <= {"error-group-missing-model"}, w["errors_panel"]
     nodes = {str(n["id"]): n for n in w["nodes"]}
     assert sorted(nodes, key=int) == sorted((str(n["id"]) for n in ui["nodes"]), key=int)
     for node in w["nodes"]:
-        assert node["registered"] and not node["has_errors"] and node["mode"] == 0, node["type"]
+        assert node["registered"] and node["mode"] == 0, node["type"]
 
     # every link whole and typed, every required link input connected, all widgets there
     assert w["problems"] == [] and len(w["links"]) == len(ui["links"]), w["problems"]
@@ -425,9 +451,15 @@ def test_browser_loads_workflow(name: str, browser_report: dict, object_info: di
             present[model["directory"]] = set(json.loads(body)) if status == 200 else set()
         if model["name"] not in present[model["directory"]]:
             expected.append(f"{model['directory']} / {model['name']}")
-    labels, errors = missing_models_dialog(w["dialogs"])
-    assert sorted(labels) == sorted(expected), w["dialogs"]
+    labels, errors = missing_models_shown(w)
+    assert sorted(labels) == sorted(expected), (w["dialogs"], w["errors_panel"])
     assert set(errors) == KNOWN_DIALOG_ERRORS.get(name, set()), errors
+    # the nodes flagged with an error (frontend 1.49 outlines a loader whose file is missing; 1.32 flags none)
+    # are those loaders, and only those
+    missing_loaders = {node_id for (node_id, _), (value, folder) in model_file_values(api).items()
+                       if value not in present.get(folder, set())}
+    flagged = {node_id for node_id, node in nodes.items() if node["has_errors"]}
+    assert flagged == (missing_loaders if w["errors_panel"] is not None else set()), (flagged, missing_loaders)
 
     with Image.open(w["screenshot"]) as shot:
         assert shot.width >= 1000 and shot.height >= 500
