@@ -292,6 +292,16 @@ class Book:
                 return
             self.record(attempt, "invalid", error=error)
 
+    def take_back(self, attempt: Attempt) -> bool:
+        """``attempt`` was deleted from its server's queue before it started (to run on an idle server):
+        it is no longer in flight, and the next send does not count as another attempt."""
+        with self.lock:
+            if not self.owns(attempt):
+                return False
+            self._drop(attempt)
+            self.attempts[attempt.job.key] -= 1
+            return True
+
     def fail_unsent(self, job: Job, error: dict) -> None:
         """A job no server can run: one ``invalid`` row, nothing sent."""
         with self.lock:

@@ -299,6 +299,29 @@ class BatchRunner:
             if worker.load() >= self.opts.in_flight:
                 free.remove(worker)
         book.pending.extendleft(reversed(kept))
+        if not book.pending:
+            self._steal()
+
+    def _steal(self) -> None:
+        """Nothing is waiting here, yet a server is idle while jobs wait in another server's queue (behind
+        a slow job, or another client's): ask that server's worker to hand one over (the last in its
+        queue; from the slowest server first). A slow server then does not hold up the end of the batch."""
+        book = self.book
+        slowest_first = sorted(self.workers, key=lambda w: -(book.stats[w.url].seconds_per_job or 0.0))
+        for idle in self.workers:
+            if not idle.ready() or idle.load() or idle.expecting:
+                continue
+            for other in slowest_first:
+                if other is idle or other.state != UP:
+                    continue
+                waiting = [a for a in book.held(other.url) if a.running_since is None and not a.uncertain
+                           and a.prompt_id not in other.releasing and idle.url not in book.rejections.get(a.job.key, {})
+                           and idle.problems(a.job) == []]
+                if waiting:
+                    other.releasing[waiting[-1].prompt_id] = idle
+                    idle.expecting += 1
+                    other.wake()
+                    break
 
     def _place_nowhere(self) -> None:
         """A waiting job that no server can run (every server's node list known) becomes one error row."""

@@ -58,11 +58,14 @@ class ServerWorker(threading.Thread):
         self.order = order
         self.precheck = precheck
         self.state = NEW
+        self.was_up = False  # answered at least once in this run
         self.away_since: float | None = None
         self.last_error = ""
         self.info = info if precheck else None
         self.error: BaseException | None = None
         self.inbox: collections.deque[Job] = collections.deque()  # assigned, not sent yet (under book.lock)
+        self.releasing: dict[str, ServerWorker] = {}  # prompt id -> the idle worker that takes it (book.lock)
+        self.expecting = 0  # jobs released by other workers on their way to this one (book.lock)
         self.events: queue.Queue = queue.Queue()
         self.ws_up = False
         self._problems: dict[str, list[dict]] = {}
@@ -129,6 +132,7 @@ class ServerWorker(threading.Thread):
                     self._probe()
                     delay = 0.5
                 self._send_inbox()
+                self._release()
                 self._drain_events(max(0.0, min(0.25, next_check - time.monotonic())))
                 if self._check_now or time.monotonic() >= next_check:
                     self._check_now = False
@@ -160,8 +164,9 @@ class ServerWorker(threading.Thread):
             if was_away and self.away_since is not None:
                 away = time.monotonic() - self.away_since
                 self.book.stats[self.url].away_seconds += away
-                self._say(f"{self.who} is back after {away:.1f}s; checking in-flight jobs")
-            self.state, self.away_since = UP, None
+                self._say(f"{self.who} is back after {away:.1f}s; checking in-flight jobs" if self.was_up else
+                          f"{self.who} answers after {away:.1f}s; it joins the batch")
+            self.state, self.away_since, self.was_up = UP, None, True
         self._check_now = True
         self.book.changed.set()
 
@@ -179,6 +184,8 @@ class ServerWorker(threading.Thread):
         if not self.book.farm:
             self._say(f"server unreachable ({err}); retrying for up to {self.opts.server_wait:g}s, "
                       f"{held} jobs in flight are kept")
+        elif not self.was_up and not held:
+            self._say(f"{self.who} unreachable ({err}); it joins the batch when it answers")
         elif held:
             self._say(f"{self.who} unreachable ({err}); its {held} jobs wait {self.opts.move_after:g}s for it "
                       "(--move-after), then move to the other servers")
@@ -238,6 +245,38 @@ class ServerWorker(threading.Thread):
                                                    answer["node_errors"]), job.prompt)
             attempt.warnings.append(describe_error(error))
             self._say(f"job {job.index} ({job.label}): warning: {describe_error(error)}")
+
+    def _release(self) -> None:
+        """Give prompts that wait in this server's queue to idle servers the dispatcher picked: delete them
+        here (``POST /queue {"delete"}`` only removes prompts that have not started), and hand over the
+        ones that are then neither queued, running nor finished. One that started meanwhile stays."""
+        with self.book.lock:
+            asked = dict(self.releasing)
+        if not asked:
+            return
+        self.client.delete_queued(list(asked))
+        running, pending = self.client.queue_ids()
+        for pid, target in asked.items():
+            attempt = self.book.find(self.url, pid)
+            entry = None
+            if attempt is not None and pid not in running and pid not in pending:
+                entry = self.client.history(pid)
+            with self.book.lock:
+                self.releasing.pop(pid, None)
+                target.expecting = max(0, target.expecting - 1)
+                if attempt is None or pid in running or pid in pending or (entry is not None and entry.get("status")):
+                    handed = False
+                else:
+                    handed = self.book.take_back(attempt)
+                if handed:
+                    self._say(f"job {attempt.job.index} ({attempt.job.label}) was waiting in {self.the_server}'s "
+                              f"queue: moved to idle server {short_name(target.url)}")
+                    if target.ready():
+                        target.assign(attempt.job)
+                    else:
+                        self.book.pending.appendleft(attempt.job)
+            if entry is not None and entry.get("status") and attempt is not None:
+                self._complete(attempt, entry)  # it finished before the delete reached it
 
     # -- events ----------------------------------------------------------------------------------
 
