@@ -450,6 +450,7 @@ def test_a_server_missing_a_model_gets_none_of_the_jobs_that_need_it(farm: Any, 
     holds.hold(b)
     holds.hold(c)
     out = tmp_path / "out"
+    log_start = len(a.log_text())
     client = clients(farm_args(workflow(tmp_path), servers, out, "--sweep", str(sweep)), tmp_path / "client.log")
     wait_for(lambda: len(_ours(b)[1]) == 2 and len(_ours(c)[1]) == 2, 60, "b and c to hold two jobs each")
     holds.release()
@@ -466,8 +467,10 @@ def test_a_server_missing_a_model_gets_none_of_the_jobs_that_need_it(farm: Any, 
                      "type": "value_not_in_list", "received": "lua_farm_nowhere.safetensors"} for i in items)
     client_id = success[0]["client_id"]
     assert not [e for e in a.history().values() if e["prompt"][3].get("client_id") == client_id], \
-        "a job was sent to the server without the model"
+        "a job ran on the server without the model"
+    assert "lua_farm_" not in a.log_text()[log_start:], "a job was sent to the server without the model (refused)"
     text = client.text()
+    assert "refused by" not in text
     assert "no server can run this job" in text and f"on {a.url}: #3 'Load VAE' (VAELoader) input 'vae_name'" in text
     assert "6 succeeded, 1 failed" in text and "1 job validated on no server" in text
 
