@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import io
 import json
 import os
 import subprocess
@@ -338,3 +339,19 @@ def test_server_line_shows_done_running_queued_and_rate(tmp_path: Path) -> None:
     running.running_since = 1.0
     assert server_line(stats, "up", [running, b.begin(A, jobs(2)[1])]) == \
         "a:8188  3 done, 1 running, 1 queued, 3.0/min  [up]"
+
+
+def test_progress_shows_one_line_per_server_and_no_job_bars_on_a_terminal() -> None:
+    stream = io.StringIO()
+    progress = Progress(2, bars=True, stream=stream, servers=[A, B])
+    progress.job_started("k", "1 seed=1", 5)  # a farm shows server lines, not one bar per job
+    progress.server_status(A, "a:8188  1 done, 1 running, 0 queued  [up]")
+    progress.job_finished("k", "success")
+    progress.close()
+    text = stream.getvalue()
+    assert "a:8188  1 done, 1 running, 0 queued  [up]" in text and "nodes" not in text
+    single = io.StringIO()
+    one = Progress(1, bars=True, stream=single, servers=[A])
+    one.job_started("k", "1 seed=1", 5)
+    one.close()
+    assert "0/5 nodes" in single.getvalue(), "one server keeps its per-job bars"
