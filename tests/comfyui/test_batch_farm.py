@@ -50,8 +50,11 @@ def farm_servers(comfy_server: harness.ComfyServer, comfyui_path: Path, test_vae
                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[harness.ComfyServer]]:
     """The shared server plus two of this module's (only those two are killed, stopped or frozen)."""
     models = {"vae": {**test_vaes, AB_ONLY: test_vaes[make_test_models.TAESD_4CH]}}
+    # one torch thread each: idle OpenMP threads spin, and three servers on two cores would mostly steal
+    # CPU from each other (the jobs here are tiny)
     own = [harness.ComfyServer(tmp_path_factory.mktemp(f"farm_{name}"), comfy_dir=comfyui_path, model_files=models,
-                               custom_nodes={harness.TEST_PACK_INSTALL_NAME: harness.TEST_PACK_DIR})
+                               custom_nodes={harness.TEST_PACK_INSTALL_NAME: harness.TEST_PACK_DIR},
+                               env={"OMP_NUM_THREADS": "1"})
            for name in ("b", "c")]
     try:
         for server in own:
