@@ -57,6 +57,7 @@ class Attempt:
     ws_done: str | None = None
     entry: dict | None = None  # a finished history entry whose downloads still have to complete
     timed_out: bool = False
+    interrupt_sent: bool = False  # retired and still running on its server: interrupted
     warnings: list[str] = field(default_factory=list)
 
 

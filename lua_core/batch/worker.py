@@ -180,6 +180,9 @@ class ServerWorker(threading.Thread):
             self.book.stats[self.url].times_away += 1
             self.book.pending.extendleft(reversed(self.inbox))  # never sent: back in line at once
             self.inbox.clear()
+            for target in self.releasing.values():  # the idle servers waiting for a job from here: not now
+                target.expecting = max(0, target.expecting - 1)
+            self.releasing.clear()
             held = len(self.book.held(self.url))
         if not self.book.farm:
             self._say(f"server unreachable ({err}); retrying for up to {self.opts.server_wait:g}s, "
@@ -392,8 +395,10 @@ class ServerWorker(threading.Thread):
             pid = attempt.prompt_id
             if pid in running:
                 self.client.interrupt(pid)
-                self._say(f"{self.who}: interrupting prompt {pid} of job {attempt.job.index} (moved to another "
-                          "server)")
+                if not attempt.interrupt_sent:  # say it once
+                    attempt.interrupt_sent = True
+                    self._say(f"{self.who}: interrupting prompt {pid} of job {attempt.job.index} (moved to another "
+                              "server)")
                 continue
             if pid in pending or (attempt.uncertain and now - attempt.sent_at < grace):
                 continue  # deleted above (checked again next time), or its POST may still land
