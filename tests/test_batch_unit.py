@@ -604,7 +604,7 @@ NO_TORCH_PROBE = textwrap.dedent("""
     sys.modules["lua_core"] = pkg
     import lua_core.batch, lua_core.commands.batch
     from lua_core.batch import api, client, convert, jobs, manifest, nodedefs, outcome, progress, runner, sweep
-    from lua_core.batch import websocket, workflow
+    from lua_core.batch import capability, events, farm, servers, websocket, worker, workflow
     heavy = sorted(m for m in ("torch", "numpy", "PIL", "safetensors", "aiohttp", "comfy") if m in sys.modules)
     print(",".join(heavy))
 """)

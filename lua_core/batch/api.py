@@ -7,29 +7,25 @@ client, converter, sweep and runner together; the CLI is a thin shell over these
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .client import ComfyClient, parse_header
-from .errors import BatchError
+from .errors import BatchError, ServerGaveUp, ServerUnreachable
 from .jobs import Job
 from .runner import BatchResult, BatchRunner, RunOptions
+from .servers import DEFAULT_SERVER, make_clients, server_specs
 from .sweep import build_jobs, load_sweep_file
 from .workflow import Workflow, load_workflow
 
-DEFAULT_SERVER = "http://127.0.0.1:8188"
 
-
-def make_client(server: str | None = None, *, headers: Iterable[str] | Mapping[str, str] | None = None,
-                token_env: str | None = None, timeout: float = 30.0, verify_tls: bool = True) -> ComfyClient:
-    """A :class:`ComfyClient` for ``server`` (default ``$COMFYUI_URL`` or ``http://127.0.0.1:8188``).
-
-    ``headers``: ``{"Name": "value"}`` or ``["Name: value", ...]``. ``token_env``: the name of an
-    environment variable holding a bearer token, sent as ``Authorization: Bearer <token>`` (the token
-    itself never appears on the command line, in the manifest or in messages).
-    """
+def build_headers(headers: Iterable[str] | Mapping[str, str] | None = None, token_env: str | None = None) -> dict:
+    """The headers every request carries: ``headers`` (``{"Name": "value"}`` or ``["Name: value", ...]``)
+    plus ``Authorization: Bearer <token>`` when ``token_env`` names an environment variable holding one
+    (the token itself never appears on the command line, in the manifest or in messages)."""
     hdrs: dict[str, str] = {}
     if isinstance(headers, Mapping):
         hdrs.update({str(k): str(v) for k, v in headers.items()})
@@ -47,8 +43,45 @@ def make_client(server: str | None = None, *, headers: Iterable[str] | Mapping[s
         if any(k.lower() == "authorization" for k in hdrs):
             raise BatchError("give either --token-env or an Authorization --header, not both")
         hdrs["Authorization"] = f"Bearer {token}"
-    return ComfyClient(server or os.environ.get("COMFYUI_URL") or DEFAULT_SERVER, headers=hdrs, timeout=timeout,
-                       verify_tls=verify_tls)
+    return hdrs
+
+
+def make_client(server: str | None = None, *, headers: Iterable[str] | Mapping[str, str] | None = None,
+                token_env: str | None = None, timeout: float = 30.0, verify_tls: bool = True) -> ComfyClient:
+    """A :class:`ComfyClient` for ``server`` (default ``$COMFYUI_URL`` or ``http://127.0.0.1:8188``);
+    ``headers`` and ``token_env`` as in :func:`build_headers`."""
+    return ComfyClient(server or os.environ.get("COMFYUI_URL") or DEFAULT_SERVER,
+                       headers=build_headers(headers, token_env), timeout=timeout, verify_tls=verify_tls)
+
+
+def make_farm(servers: Sequence[str] | str | None = None, servers_file: str | Path | None = None, *,
+              headers: Iterable[str] | Mapping[str, str] | None = None, token_env: str | None = None,
+              timeout: float = 30.0, verify_tls: bool = True, warnings: list[str] | None = None) -> list[ComfyClient]:
+    """One client per server of ``servers`` (URLs) and ``servers_file`` (see :mod:`lua_core.batch.servers`);
+    neither given: the single default server. A server's own token replaces ``token_env`` for it."""
+    specs = server_specs(servers, servers_file, warnings)
+    return make_clients(specs, headers=build_headers(headers, token_env), timeout=timeout, verify_tls=verify_tls)
+
+
+def fetch_object_info(clients: Sequence[ComfyClient], wait: float,
+                      say: Callable[[str], None] | None = None) -> tuple[str, dict[str, Any]]:
+    """``(server URL, /object_info)`` of the first server that answers, asking each in turn and retrying
+    with backoff for up to ``wait`` seconds while none does (a farm being started, a restarting server)."""
+    start, delay = time.monotonic(), 0.5
+    while True:
+        errors = []
+        for client in clients:
+            try:
+                return client.base_url, client.object_info()
+            except ServerUnreachable as err:
+                errors.append(str(err))
+        if time.monotonic() - start > wait:
+            raise ServerGaveUp(f"cannot reach {'the server' if len(clients) == 1 else 'any server'}: "
+                               f"{'; '.join(errors)}")
+        if say is not None:
+            say(f"server unreachable ({'; '.join(errors)}); retrying")
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 @dataclass
@@ -88,17 +121,31 @@ def plan_batch(workflow: str | Path | Mapping[str, Any], *, sets: Sequence[str] 
     return Plan(wf, jobs, warnings)
 
 
-def run_batch(workflow: str | Path | Mapping[str, Any], *, server: str | None = None, sets: Sequence[str] = (),
+def run_batch(workflow: str | Path | Mapping[str, Any], *, server: str | Sequence[str] | None = None,
+              servers_file: str | Path | None = None, sets: Sequence[str] = (),
               sweep: str | Path | Iterable[Mapping[str, Any]] | None = None, out_dir: str | Path = "comfy_batch_out",
-              manifest: str | Path | None = None, client: ComfyClient | None = None,
+              manifest: str | Path | None = None, client: ComfyClient | Sequence[ComfyClient] | None = None,
               headers: Iterable[str] | Mapping[str, str] | None = None, token_env: str | None = None,
               timeout: float = 30.0, options: RunOptions | None = None, **option_overrides: Any) -> BatchResult:
     """Plan and run a batch; returns a :class:`BatchResult` (rows appended to the manifest, counts).
 
-    Keyword ``option_overrides`` set :class:`RunOptions` fields (``in_flight=4``, ``use_ws=False``...).
-    A re-run with the same ``out_dir``/``manifest`` skips jobs that already succeeded and resumes the rest.
+    ``server``: one URL or a list (a farm: each job goes to a free server that can run it), or
+    ``servers_file``; or ready ``client`` object(s). Keyword ``option_overrides`` set :class:`RunOptions`
+    fields (``in_flight=4``, ``use_ws=False``...). A re-run with the same ``out_dir``/``manifest`` skips
+    jobs that already succeeded and resumes the rest, on whatever servers it is given.
     """
-    client = client or make_client(server, headers=headers, token_env=token_env, timeout=timeout)
-    plan = plan_batch(workflow, sets=sets, sweep=sweep, object_info=client.object_info)
+    if client is None:
+        clients = make_farm(server, servers_file, headers=headers, token_env=token_env, timeout=timeout)
+    else:
+        clients = [client] if isinstance(client, ComfyClient) else list(client)
     opts = replace(options or RunOptions(), **option_overrides)
-    return BatchRunner(client, plan.jobs, out_dir, manifest=manifest, options=opts).run()
+    fetched: dict[str, dict[str, Any]] = {}
+
+    def object_info() -> dict[str, Any]:
+        if not fetched:
+            url, info = fetch_object_info(clients, opts.server_wait)
+            fetched[url] = info
+        return next(iter(fetched.values()))
+
+    plan = plan_batch(workflow, sets=sets, sweep=sweep, object_info=object_info)
+    return BatchRunner(clients, plan.jobs, out_dir, manifest=manifest, options=opts, object_info=fetched).run()

@@ -132,7 +132,10 @@ def describe_error(error: Mapping[str, Any] | None) -> str:
     if error.get("kind") == "validation":
         lines = [f"{error.get('message') or 'prompt rejected'}"]
         for item in error.get("nodes") or []:
-            where = node_label(item["node_id"], item.get("title"), item.get("class_type"))
+            where = (node_label(item["node_id"], item.get("title"), item.get("class_type")) if item.get("node_id")
+                     else "the prompt")
+            if item.get("server"):  # a farm's "validates nowhere": what each server lacks
+                where = f"on {item['server']}: {where}"
             if item.get("input"):
                 where += f" input {item['input']!r}"
             detail = f": {item['details']}" if item.get("details") else ""

@@ -1,6 +1,6 @@
-"""The batch runner: keep N prompts of this client on the server, follow them, save what they make.
+"""The batch runner: keep N prompts of this client on each server, follow them, save what they make.
 
-Why it is built around reconciliation: the only trustworthy facts are what the server says *now*
+Why it is built around reconciliation: the only trustworthy facts are what a server says *now*
 (``/queue``, ``/history``) and what the manifest and journal say on disk. Websocket events make the
 display live and completions immediate, but every decision that could lose or duplicate a job is
 taken from the server's state:
@@ -12,72 +12,71 @@ taken from the server's state:
   history under one lock, so a prompt absent from the queue snapshot is in history by the time history
   is read, unless it is really gone. A send whose answer never arrived is given ``lost_grace`` seconds
   before it can be declared lost (its ``POST`` may still be in the server's hands);
-* connection errors anywhere switch to "server away" mode: back off (0.5 s doubling to 5 s), keep
-  all in-flight jobs, and reconcile as soon as ``/queue`` answers again; after ``server_wait`` seconds
-  the run stops with :class:`ServerGaveUp` and a re-run resumes;
+* connection errors make a server "away": it is probed with backoff (0.5 s doubling to 5 s) and keeps
+  its jobs; when it answers again they are looked up. With several servers, the jobs of a server away
+  for ``move_after`` seconds move to the others (see :mod:`lua_core.batch.farm` for why a late result
+  of a moved job is dropped). When no server that could run the remaining jobs has answered for
+  ``server_wait`` seconds, the run stops with ``gave_up`` set and a re-run resumes;
 * a job's outputs are downloaded through ``/view`` (atomically) *before* its manifest row is appended
   (fsync), so a row with ``status: success`` always has its files;
-* Ctrl-C (SIGINT) stops sending, removes this client's pending prompts from the server queue
-  (``POST /queue {"delete": ids}``, by id), interrupts the running prompt only if it is one of ours
+* Ctrl-C (SIGINT) stops sending, removes this client's pending prompts from every server's queue
+  (``POST /queue {"delete": ids}``, by id), interrupts a running prompt only if it is one of ours
   (``POST /interrupt {"prompt_id": id}``, which the server ignores unless that id is running), waits
   for them to settle and records them as ``cancelled``. A second Ctrl-C quits at once; the journal
-  lets the next run adopt whatever was left on the server.
+  lets the next run adopt whatever was left on the servers.
+
+This module is the dispatcher: one :class:`~lua_core.batch.worker.ServerWorker` thread per server does
+the talking; the runner decides which server gets which job (the fastest free one that can run it),
+moves jobs off servers that went away, and turns a job no server can run into one error row.
 """
 
 from __future__ import annotations
 
-import collections
-import json
-import queue
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .capability import nowhere_error
 from .client import ComfyClient
-from .errors import PromptRejected, RequestError, ServerGaveUp, ServerUnreachable
+from .farm import Book, ServerStats
 from .jobs import Job
 from .manifest import DONE, Manifest
-from .outcome import (
-    describe_error,
-    execution_error,
-    interrupted_at,
-    iso,
-    output_files,
-    rejection_error,
-    server_times,
-    succeeded,
-)
+from .outcome import describe_error
 from .progress import Progress
+from .servers import normalize_url, short_name
+from .worker import AWAY, DISABLED, UP, ServerWorker
 
 
 @dataclass
 class RunOptions:
     """How a batch runs (CLI flags in parentheses)."""
 
-    in_flight: int = 2  # prompts of this client queued or running at once (--in-flight)
+    in_flight: int = 2  # prompts of this client queued or running at once, per server (--in-flight)
     use_ws: bool = True  # follow /ws events; polling alone works too (--no-ws)
     poll_interval: float = 1.0  # seconds between /queue checks while the websocket is down (--poll)
     ws_check_interval: float = 5.0  # safety-net /queue checks while the websocket is up
-    server_wait: float = 600.0  # give up after the server was unreachable this long (--server-wait)
-    max_attempts: int = 3  # sends per job when the server loses it (--max-attempts)
+    server_wait: float = 600.0  # give up when no usable server answered this long (--server-wait)
+    move_after: float = 30.0  # several servers: move the jobs of a server away this long (--move-after)
+    max_attempts: int = 3  # sends per job when servers lose it (--max-attempts)
     lost_grace: float | None = None  # seconds before an unanswered send may be declared lost (timeout + 5)
     job_timeout: float | None = None  # interrupt a prompt running longer than this (--job-timeout)
     include_temp: bool = False  # also download "temp" files (PreviewImage) (--include-temp)
     retry_failed: bool = True  # re-run jobs whose last row is not success (--skip-failed turns off)
-    cancel_wait: float = 30.0  # how long Ctrl-C waits for the server to drop our prompts
+    cancel_wait: float = 30.0  # how long Ctrl-C waits for the servers to drop our prompts
     progress: bool | None = None  # tqdm bars (None: when stderr is a terminal) (--no-progress)
     quiet: bool = False  # no per-job lines in plain mode (--quiet)
+    precheck: bool | None = None  # check jobs against each server's /object_info (None: with several servers)
     extra_data: dict[str, Any] = field(default_factory=dict)  # sent as POST /prompt extra_data
 
 
 @dataclass
 class BatchResult:
-    """What a run did. ``rows`` are the manifest rows it appended, in order."""
+    """What a run did. ``rows`` are the manifest rows it appended, in order; ``servers`` per server."""
 
     manifest: Path
     total: int
@@ -87,6 +86,7 @@ class BatchResult:
     interrupted: bool
     elapsed: float
     gave_up: str | None = None
+    servers: list[ServerStats] = field(default_factory=list)
 
     def count(self, *statuses: str) -> int:
         return sum(1 for r in self.rows if r.get("status") in statuses)
@@ -105,36 +105,23 @@ class BatchResult:
         return not self.interrupted and self.gave_up is None and self.succeeded + self.skipped == self.total
 
 
-@dataclass
-class _Active:
-    """A job sent to the server under ``prompt_id`` (one attempt)."""
-
-    job: Job
-    prompt_id: str
-    attempt: int
-    sent_at: float  # time.monotonic() of the send
-    sent_wall: float  # time.time() of the send
-    uncertain: bool = True  # True until the server confirmed it holds the prompt
-    running_since: float | None = None
-    finished_nodes: set[str] = field(default_factory=set)
-    detail: str = ""
-    ws_outputs: dict[str, Any] = field(default_factory=dict)
-    ws_done: str | None = None
-    entry: dict | None = None  # a finished history entry whose downloads still have to complete
-    timed_out: bool = False
-    warnings: list[str] = field(default_factory=list)
-
-
 class BatchRunner:
-    """Run ``jobs`` on ``client``'s server; outputs under ``out_dir``, rows in ``manifest`` (JSONL).
+    """Run ``jobs`` on one server (a :class:`ComfyClient`) or several (a list); outputs under ``out_dir``,
+    rows in ``manifest`` (JSONL, default ``out_dir/manifest.jsonl``). Call :meth:`run` once.
 
-    ``manifest`` defaults to ``out_dir/manifest.jsonl``. Call :meth:`run` once.
+    ``object_info``: ``{server URL: its /object_info}`` already fetched (spares a request per server).
     """
 
-    def __init__(self, client: ComfyClient, jobs: Sequence[Job], out_dir: str | Path, *,
+    def __init__(self, client: ComfyClient | Sequence[ComfyClient], jobs: Sequence[Job], out_dir: str | Path, *,
                  manifest: str | Path | None = None, options: RunOptions | None = None,
-                 log: Callable[[str], None] | None = None):
-        self.client = client
+                 log: Callable[[str], None] | None = None, object_info: Mapping[str, dict] | None = None):
+        self.clients = [client] if isinstance(client, ComfyClient) else list(client)
+        if not self.clients:
+            raise ValueError("a batch needs at least one server")
+        urls = [c.base_url for c in self.clients]
+        if len({normalize_url(u) for u in urls}) != len(urls):
+            raise ValueError(f"a server is given twice: {urls}")
+        self.client = self.clients[0]
         self.jobs = list(jobs)
         self.out_dir = Path(out_dir)
         self.manifest = Manifest(manifest if manifest is not None else self.out_dir / "manifest.jsonl")
@@ -142,24 +129,19 @@ class BatchRunner:
         if self.opts.in_flight < 1:
             raise ValueError("in_flight must be at least 1")
         self._log = log
+        self._known_info = {normalize_url(k): v for k, v in (object_info or {}).items()}
         self.client_id = ""
-        self.active: dict[str, _Active] = {}
-        self.pending: collections.deque[Job] = collections.deque()
-        self.attempts: dict[str, int] = {}
-        self.rows: list[dict[str, Any]] = []
-        self.events: queue.Queue = queue.Queue()
-        self.ws_up = False
+        self.book: Book | None = None
+        self.workers: list[ServerWorker] = []
         self._stop = False
-        self._cancelling = False
-        self._wake = threading.Event()
-        self._check_now = True
         self._progress: Progress | None = None
-        self._warned_ids = False
+        self._stalled_since: float | None = None
+        self._shown = 0.0
 
     # -- entry -----------------------------------------------------------------------------------
 
     def run(self) -> BatchResult:
-        """Run the batch to the end (or Ctrl-C, or giving up on the server). Never raises for a job's failure."""
+        """Run the batch to the end (or Ctrl-C, or giving up on the servers). Never raises for a job's failure."""
         t0 = time.monotonic()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with self.manifest.lock():
@@ -170,44 +152,48 @@ class BatchRunner:
             skipped = len(self.jobs) - len(todo)
             self.client_id = next((r["client_id"] for r in reversed(list(sent.values())) if r.get("client_id")),
                                   None) or str(uuid.uuid4())
-            self._progress = Progress(len(todo), bars=self.opts.progress, quiet=self.opts.quiet)
+            urls = [c.base_url for c in self.clients]
+            self._progress = Progress(len(todo), bars=self.opts.progress, quiet=self.opts.quiet, servers=urls)
+            book = self.book = Book(self.manifest, self.out_dir, urls, client_id=self.client_id,
+                                    max_attempts=self.opts.max_attempts, progress=self._progress, say=self._say)
+            precheck = self.opts.precheck if self.opts.precheck is not None else len(self.clients) > 1
+            self.workers = [ServerWorker(c, book, self.opts, order=i, precheck=precheck,
+                                         info=self._known_info.get(normalize_url(c.base_url)))
+                            for i, c in enumerate(self.clients)]
             if skipped:
                 self._say(f"{skipped} of {len(self.jobs)} jobs already done (manifest {self.manifest.path}); "
                           "skipping them")
-            for job in todo:
-                row = sent.get(job.key)
-                if row is None:
-                    self.pending.append(job)
-                    continue
-                self.attempts[job.key] = int(row.get("attempt") or 1)
-                self.active[str(row["prompt_id"])] = _Active(job, str(row["prompt_id"]), self.attempts[job.key],
-                                                             sent_at=time.monotonic() - 1e9,
-                                                             sent_wall=float(row.get("time") or time.time()))
-            if self.active:
-                self._say(f"{len(self.active)} jobs were sent by an earlier run; looking them up on the server")
-            pump = _EventPump(self.client, self.client_id, self.events) if self.opts.use_ws else None
-            if pump is not None:
-                pump.start()
+            self._adopt(todo, sent)
             previous = self._install_sigint()
-            gave_up = None
+            clean_exit = False
             try:
-                self._loop()
-            except ServerGaveUp as err:
-                gave_up = str(err)
-                self._say(f"error: {err}")
+                for worker in self.workers:
+                    worker.start()
+                gave_up = self._dispatch()
+                clean_exit = True
             finally:
                 if previous is not None:
                     signal.signal(signal.SIGINT, previous)
-                if pump is not None:
-                    pump.stop()
+                book.finished = True
+                for worker in self.workers:
+                    worker.wake()
+                if clean_exit:
+                    limit = time.monotonic() + self.clients[0].timeout + 5
+                    for worker in self.workers:
+                        worker.join(timeout=max(0.0, limit - time.monotonic()))
                 self._progress.close()
-            if not self.active:  # keep only other sweeps' unfinished sends, so a later run can still adopt them
+            if not book.in_flight():  # keep only other sweeps' unfinished sends, so a later run can still adopt them
                 mine, done = {job.key for job in self.jobs}, self.manifest.latest()
                 journal.retain([r for k, r in journal.latest().items()
                                 if k not in mine and (done.get(k) or {}).get("status") not in DONE])
-            return BatchResult(manifest=self.manifest.path, total=len(self.jobs), skipped=skipped, rows=self.rows,
-                               not_run=len(self.pending) + len(self.active), interrupted=self._stop,
-                               elapsed=time.monotonic() - t0, gave_up=gave_up)
+            try:
+                book.staging.rmdir()
+            except OSError:
+                pass
+            not_run = len(book.pending) + sum(len(w.inbox) for w in self.workers) + book.in_flight()
+            return BatchResult(manifest=self.manifest.path, total=len(self.jobs), skipped=skipped, rows=book.rows,
+                               not_run=not_run, interrupted=self._stop, elapsed=time.monotonic() - t0,
+                               gave_up=gave_up, servers=[book.stats[w.url] for w in self.workers])
 
     def _finished(self, row: dict | None) -> bool:
         if row is None:
@@ -217,11 +203,38 @@ class BatchRunner:
         folder = self.out_dir / str(row.get("output_dir", ""))
         return all((folder / name).is_file() for name in row.get("outputs") or [])  # re-run if files were deleted
 
+    def _adopt(self, todo: list[Job], sent: dict[str, dict[str, Any]]) -> None:
+        """Jobs an earlier run journaled are looked up on the server they were sent to, not sent again.
+
+        A job journaled on a server that is not in this run's list is sent again (with one server, it is
+        looked up there: the same server may be spelled differently, ``localhost`` or ``127.0.0.1``)."""
+        by_url = {normalize_url(w.url): w for w in self.workers}
+        adopted = 0
+        for job in todo:
+            row = sent.get(job.key)
+            worker = None if row is None else by_url.get(normalize_url(str(row.get("server") or "")))
+            if row is not None and worker is None and len(self.workers) == 1:
+                worker = self.workers[0]
+            if worker is None:
+                if row is not None:
+                    self._say(f"job {job.index} ({job.label}) was sent to {row.get('server')} by an earlier run; that "
+                              "server is not in this run's list, so the job is sent again (a result there is not "
+                              "collected)")
+                    self.book.attempts[job.key] = int(row.get("attempt") or 1)
+                self.book.pending.append(job)
+                continue
+            self.book.adopt(worker.url, job, row)
+            adopted += 1
+        if adopted:
+            where = "the server" if len(self.workers) == 1 else "their servers"
+            self._say(f"{adopted} jobs were sent by an earlier run; looking them up on {where}")
+
     def request_stop(self) -> None:
         """What Ctrl-C does: stop sending and cancel this client's prompts (safe from another thread)."""
         if not self._stop:
             self._stop = True
-            self._wake.set()
+            if self.book is not None:
+                self.book.changed.set()
 
     def _install_sigint(self) -> Any:
         if threading.current_thread() is not threading.main_thread():
@@ -230,7 +243,8 @@ class BatchRunner:
         def on_sigint(signum: int, frame: Any) -> None:
             if self._stop:
                 raise KeyboardInterrupt  # second Ctrl-C: quit now; the journal keeps what was sent
-            self._say("stopping: cancelling this client's prompts on the server (Ctrl-C again to quit at once)")
+            where = "the server" if len(self.workers) == 1 else "every server"
+            self._say(f"stopping: cancelling this client's prompts on {where} (Ctrl-C again to quit at once)")
             self.request_stop()
 
         return signal.signal(signal.SIGINT, on_sigint)
@@ -241,379 +255,179 @@ class BatchRunner:
         elif self._progress is not None:
             self._progress.message(text)
 
-    # -- main loop -------------------------------------------------------------------------------
+    # -- dispatching -----------------------------------------------------------------------------
 
-    def _loop(self) -> None:
-        next_check = 0.0
+    def _dispatch(self) -> str | None:
+        """Hand out jobs until none is left (None), or no usable server answered for ``server_wait`` (why)."""
+        book = self.book
         while True:
             if self._stop:
                 self._cancel()
-                return
-            if not self.pending and not self.active:
-                return
-            try:
-                self._fill()
-                self._drain_events(max(0.0, min(0.25, next_check - time.monotonic())))
-                if self._check_now or time.monotonic() >= next_check:
-                    self._check_now = False
-                    self._reconcile()
-                    interval = self.opts.ws_check_interval if self.ws_up else self.opts.poll_interval
-                    next_check = time.monotonic() + interval
-                self._check_timeouts()
-            except ServerUnreachable as err:
-                self._wait_for_server(err)
-                self._check_now = True
+                return None
+            with book.lock:
+                book.changed.clear()
+                failed = [w for w in self.workers if w.state == DISABLED]
+                if len(failed) == len(self.workers):
+                    raise failed[0].error  # every server refused us for good (auth...): as before, stop with it
+                if not book.pending and not book.current and not any(w.inbox for w in self.workers):
+                    return None
+                self._place_nowhere()
+                self._move_off_away()
+                self._assign()
+                gave_up = self._stalled()
+            if gave_up:
+                self._say(f"error: {gave_up}")
+                return gave_up
+            self._show_servers()
+            book.changed.wait(0.2)
 
-    def _fill(self) -> None:
-        while not self._stop and self.pending and len(self.active) < self.opts.in_flight:
-            self._send(self.pending.popleft())
+    def _assign(self) -> None:
+        """Give waiting jobs to servers with free capacity: of those that can run a job, the fastest
+        (shortest run time per job so far; a server not measured yet counts as fastest, so it gets tried)."""
+        book = self.book
+        free = [w for w in self.workers if w.ready() and w.load() < self.opts.in_flight]
+        kept: list[Job] = []
+        while book.pending and free:
+            job = book.pending.popleft()
+            refused = book.rejections.get(job.key, {})
+            candidates = [w for w in free if w.url not in refused and w.problems(job) == []]
+            if not candidates:
+                kept.append(job)
+                continue
+            worker = min(candidates, key=lambda w: (book.stats[w.url].seconds_per_job or 0.0, w.load(), w.order))
+            worker.assign(job)
+            if worker.load() >= self.opts.in_flight:
+                free.remove(worker)
+        book.pending.extendleft(reversed(kept))
+        if not book.pending:
+            self._steal()
 
-    def _send(self, job: Job) -> None:
-        attempt = self.attempts.get(job.key, 0) + 1
-        self.attempts[job.key] = attempt
-        prompt_id = str(uuid.uuid4())
-        now = time.time()
-        self.manifest.journal.append({"key": job.key, "prompt_id": prompt_id, "client_id": self.client_id,
-                                      "server": self.client.base_url, "attempt": attempt, "time": now})
-        active = _Active(job, prompt_id, attempt, sent_at=time.monotonic(), sent_wall=now)
-        self.active[prompt_id] = active
-        try:
-            answer = self.client.submit(job.prompt, prompt_id=prompt_id, client_id=self.client_id,
-                                        extra_data=self.opts.extra_data)
-        except PromptRejected as err:
-            error = rejection_error(err, job.prompt)
-            self._say(f"job {job.index} ({job.label}) rejected by the server:\n{describe_error(error)}")
-            self._record(active, "invalid", error=error)
-            return
-        except RequestError as err:
-            self._record(active, "error", error={"kind": "request", "message": str(err)})
-            self._say(f"job {job.index} ({job.label}): {err}")
-            return
-        active.uncertain = False
-        if str(answer["prompt_id"]) != prompt_id:  # an old ComfyUI that picks its own ids
-            if not self._warned_ids:
-                self._warned_ids = True
-                self._say("warning: this server ignores client-chosen prompt ids (ComfyUI older than 0.3.4x): "
-                          "a send interrupted by a network error cannot be checked and may run twice")
-            del self.active[prompt_id]
-            active.prompt_id = str(answer["prompt_id"])
-            self.active[active.prompt_id] = active
-            self.manifest.journal.append({"key": job.key, "prompt_id": active.prompt_id, "client_id": self.client_id,
-                                          "server": self.client.base_url, "attempt": attempt, "time": now})
-        if answer.get("node_errors"):
-            error = rejection_error(PromptRejected({"message": "some outputs failed validation and will not run"},
-                                                   answer["node_errors"]), job.prompt)
-            active.warnings.append(describe_error(error))
-            self._say(f"job {job.index} ({job.label}): warning: {describe_error(error)}")
+    def _steal(self) -> None:
+        """Nothing is waiting here, yet a server is idle while jobs wait in another server's queue (behind
+        a slow job, or another client's): ask that server's worker to hand one over (the last in its
+        queue; from the slowest server first). A slow server then does not hold up the end of the batch."""
+        book = self.book
+        slowest_first = sorted(self.workers, key=lambda w: -(book.stats[w.url].seconds_per_job or 0.0))
+        for idle in self.workers:
+            if not idle.ready() or idle.load() or idle.expecting:
+                continue
+            for other in slowest_first:
+                if other is idle or other.state != UP:
+                    continue
+                waiting = [a for a in book.held(other.url) if a.running_since is None and not a.uncertain
+                           and a.prompt_id not in other.releasing and idle.url not in book.rejections.get(a.job.key, {})
+                           and idle.problems(a.job) == []]
+                if waiting:
+                    other.releasing[waiting[-1].prompt_id] = idle
+                    idle.expecting += 1
+                    other.wake()
+                    break
 
-    # -- events ----------------------------------------------------------------------------------
-
-    def _drain_events(self, timeout: float) -> None:
-        to_check: set[str] = set()
-        try:
-            item = self.events.get(timeout=timeout) if timeout > 0 else self.events.get_nowait()
-        except queue.Empty:
+    def _place_nowhere(self) -> None:
+        """A waiting job that no server can run (every server's node list known) becomes one error row."""
+        book = self.book
+        usable = [w for w in self.workers if w.state != DISABLED]
+        if not usable or not book.pending:
             return
-        while True:
-            self._on_event(item, to_check)
-            try:
-                item = self.events.get_nowait()
-            except queue.Empty:
-                break
-        for prompt_id in to_check:
-            active = self.active.get(prompt_id)
-            if active is not None:
-                entry = self.client.history(prompt_id)
-                if entry is not None and entry.get("status"):
-                    self._complete(active, entry)
-
-    def _on_event(self, item: tuple[str, Any], to_check: set[str]) -> None:
-        kind, data = item
-        if kind == "ws":
-            self.ws_up = data == "up"
-            self._check_now = True  # reconnected (maybe to a restarted server) or lost: look at the queue
-            return
-        if not isinstance(data, dict):
-            return
-        typ, body = data.get("type"), data.get("data") or {}
-        active = self.active.get(str(body.get("prompt_id"))) if isinstance(body, dict) else None
-        if active is None:
-            return
-        job = active.job
-        if typ == "execution_start":
-            active.uncertain = False
-            active.running_since = active.running_since or time.monotonic()
-            self._progress.job_started(job.key, f"{job.index} {job.label}", len(job.prompt))
-        elif typ == "execution_cached":
-            active.finished_nodes.update(str(n) for n in body.get("nodes") or [])
-        elif typ == "progress_state":
-            for node_id, state in (body.get("nodes") or {}).items():
-                if isinstance(state, dict) and state.get("state") == "finished":
-                    active.finished_nodes.add(str(node_id))
-        elif typ == "executing":
-            node = body.get("node")
-            if node is None:
-                to_check.add(active.prompt_id)
+        for job in list(book.pending):
+            verdicts: dict[str, list[dict]] = {}
+            for worker in usable:
+                refused = book.rejections.get(job.key, {}).get(worker.url)
+                problems = worker.problems(job)
+                if problems is None and refused is None:
+                    break  # this server's nodes are not known yet: wait for it
+                if refused is None and not problems:
+                    break  # it can run the job
+                verdicts[worker.url] = problems or _refusal_items(refused)
             else:
-                active.detail = str((job.prompt.get(str(node)) or {}).get("class_type", node))
-        elif typ == "progress":
-            node = (job.prompt.get(str(body.get("node"))) or {}).get("class_type", "")
-            active.detail = f"{node} {body.get('value')}/{body.get('max')}".strip()
-        elif typ == "executed":
-            active.ws_outputs[str(body.get("node"))] = body.get("output") or {}
-        elif typ in ("execution_success", "execution_error", "execution_interrupted"):
-            active.ws_done = typ.removeprefix("execution_")
-            to_check.add(active.prompt_id)
-        self._progress.job_progress(job.key, len(active.finished_nodes), active.detail)
+                book.pending.remove(job)
+                error = nowhere_error(verdicts)
+                self._say(f"job {job.index} ({job.label}): {describe_error(error)}")
+                book.fail_unsent(job, error)
 
-    # -- reconciliation --------------------------------------------------------------------------
-
-    def _reconcile(self) -> None:
-        """Compare our in-flight prompts with the server's queue and history (see module doc)."""
-        if not self.active:
-            return
-        running, pending = self.client.queue_ids()
-        present = set(running) | set(pending)
-        now = time.monotonic()
-        grace = self.opts.lost_grace if self.opts.lost_grace is not None else self.client.timeout + 5.0
-        lost: list[_Active] = []
-        for active in list(self.active.values()):
-            pid = active.prompt_id
-            if pid in present:
-                active.uncertain = False
-                if pid in running and active.running_since is None:
-                    active.running_since = now
-                    self._progress.job_started(active.job.key, f"{active.job.index} {active.job.label}",
-                                               len(active.job.prompt))
-                continue
-            if active.entry is not None:
-                self._complete(active, active.entry)
-                continue
-            entry = self.client.history(pid)
-            if entry is not None and entry.get("status"):
-                self._complete(active, entry)
-            elif active.ws_done == "success" and active.ws_outputs:  # history gone, the events say done
-                self._complete(active, {"outputs": active.ws_outputs, "status": {"status_str": "success"}})
-            elif active.uncertain and now - active.sent_at < grace:
-                continue
-            else:
-                lost.append(active)
-        lost.sort(key=lambda a: a.job.index)
-        for active in lost:
-            self._lost(active, front=False)
-        self.pending.extendleft(reversed([a.job for a in lost if a.attempt < self.opts.max_attempts]))
-
-    def _lost(self, active: _Active, front: bool = True) -> None:
-        """The server does not know this prompt any more: send the job again (first in line), or give up."""
-        job = active.job
-        self.active.pop(active.prompt_id, None)
-        if active.attempt >= self.opts.max_attempts:
-            self._say(f"job {job.index} ({job.label}) was lost by the server {active.attempt} times; giving up on it")
-            self._record(active, "lost", error={"kind": "lost", "message": f"not in the server's queue or history "
-                                                f"after {active.attempt} sends"}, remove=False)
-            return
-        self._say(f"job {job.index} ({job.label}): prompt {active.prompt_id} is neither queued nor in the "
-                  "server's history (server restarted?); sending it again")
-        if front:
-            self.pending.appendleft(job)
-
-    def _check_timeouts(self) -> None:
-        limit = self.opts.job_timeout
-        if not limit:
+    def _move_off_away(self) -> None:
+        """Jobs of a server away for ``move_after`` seconds (or out of the batch) go to the others, if another
+        server that can run them is up. With one server there is nowhere to move: it is waited for."""
+        if len(self.workers) < 2:
             return
         now = time.monotonic()
-        for active in self.active.values():
-            if active.running_since is not None and not active.timed_out and now - active.running_since > limit:
-                active.timed_out = True
-                self._say(f"job {active.job.index} ({active.job.label}) ran longer than {limit:g}s; interrupting it")
-                self.client.interrupt(active.prompt_id)
-
-    def _wait_for_server(self, err: Exception) -> None:
-        self.ws_up = False
-        self._say(f"server unreachable ({err}); retrying for up to {self.opts.server_wait:g}s, "
-                  f"{len(self.active)} jobs in flight are kept")
-        start = time.monotonic()
-        delay = 0.5
-        while True:
-            if self._stop:
-                raise ServerGaveUp("stopped while the server was unreachable; re-run the same command to resume "
-                                   "(jobs still on the server are found again by their prompt ids)")
-            self._wake.wait(delay)
-            self._wake.clear()
-            try:
-                self.client.queue()
-            except ServerUnreachable as again:
-                if time.monotonic() - start > self.opts.server_wait:
-                    raise ServerGaveUp(f"server unreachable for {self.opts.server_wait:g}s ({again}). Nothing is "
-                                       "lost: re-run the same command to resume (finished jobs are skipped; jobs "
-                                       "already sent are looked up by their prompt ids)") from again
-                delay = min(delay * 2, 5.0)
+        for worker in self.workers:
+            held = self.book.held(worker.url)
+            if not held:
                 continue
-            self._say(f"server is back after {time.monotonic() - start:.1f}s; checking in-flight jobs")
-            return
+            if worker.state == DISABLED:
+                why = f"server {short_name(worker.url)} is out of this run"
+            elif worker.state == AWAY and worker.away_since is not None and now - worker.away_since >= \
+                    self.opts.move_after:
+                why = f"server {short_name(worker.url)} has not answered for {now - worker.away_since:.0f}s"
+            else:
+                continue
+            others = [w for w in self.workers if w is not worker and w.ready()]
+            if any(any(w.problems(a.job) == [] for w in others) for a in held):
+                self.book.move_away(worker.url, why)
 
-    # -- Ctrl-C ----------------------------------------------------------------------------------
+    def _stalled(self) -> str | None:
+        """Why the run gives up, once nothing could move for ``server_wait`` seconds; else None."""
+        book = self.book
+        moving = any(w.state == UP and (book.held(w.url) or w.inbox) for w in self.workers) or any(
+            any(w.ready() and w.url not in book.rejections.get(job.key, {}) and w.problems(job) == []
+                for w in self.workers) for job in book.pending)
+        if moving or not (book.pending or book.current):
+            self._stalled_since = None
+            return None
+        now = time.monotonic()
+        self._stalled_since = self._stalled_since or now
+        if now - self._stalled_since <= self.opts.server_wait:
+            return None
+        resume = ("Nothing is lost: re-run the same command to resume (finished jobs are skipped; jobs already "
+                  "sent are looked up by their prompt ids)")
+        if len(self.workers) == 1:
+            return f"server unreachable for {self.opts.server_wait:g}s ({self.workers[0].last_error}). {resume}"
+        states = "; ".join(f"{short_name(w.url)}: {w.state}" + (f" ({w.last_error})" if w.state != UP else "")
+                           for w in self.workers)
+        left = len(book.pending) + len(book.current)
+        return (f"no server that can run the remaining {left} jobs answered for {self.opts.server_wait:g}s "
+                f"(--server-wait) [{states}]. {resume}")
 
     def _cancel(self) -> None:
-        self._cancelling = True
-        if not self.active:
+        """Ctrl-C: every worker removes this client's prompts from its server; wait for them."""
+        book = self.book
+        with book.lock:
+            book.stopping = True
+            for worker in self.workers:
+                book.pending.extendleft(reversed(worker.inbox))
+                worker.inbox.clear()
+        for worker in self.workers:
+            worker.wake()
+        limit = time.monotonic() + self.opts.cancel_wait + 3 * self.clients[0].timeout + 5
+        for worker in self.workers:
+            worker.join(timeout=max(0.0, limit - time.monotonic()))
+
+    def _show_servers(self) -> None:
+        """Refresh the per-server status lines (a farm on a terminal), at most twice a second."""
+        if len(self.workers) < 2 or time.monotonic() - self._shown < 0.5:
             return
-        deadline = time.monotonic() + self.opts.cancel_wait
-        grace = self.opts.lost_grace if self.opts.lost_grace is not None else self.client.timeout + 5.0
-        try:
-            while self.active:
-                running, pending = self.client.queue_ids()
-                ours_pending = [p for p in pending if p in self.active]
-                self.client.delete_queued(ours_pending)
-                for pid in running:
-                    if pid in self.active:
-                        self.client.interrupt(pid)  # only ours, and the server re-checks it is running
-                running, pending = self.client.queue_ids()
-                present = set(running) | set(pending)
-                now = time.monotonic()
-                for active in list(self.active.values()):
-                    if active.prompt_id in present:
-                        continue
-                    entry = self.client.history(active.prompt_id)
-                    if entry is not None and entry.get("status"):
-                        self._complete(active, entry)  # finished meanwhile (kept) or interrupted (cancelled)
-                    elif active.uncertain and now - active.sent_at < grace:
-                        continue  # its POST may still land; the next round deletes it
-                    else:
-                        self._record(active, "cancelled", error={"kind": "cancelled",
-                                                                 "message": "removed from the server queue (Ctrl-C)"})
-                if not self.active or now > deadline:
-                    break
-                time.sleep(0.2)
-        except (ServerUnreachable, RequestError) as err:
-            self._say(f"could not cancel on the server ({err}); the next run will find those prompts again")
-            return
-        if self.active:
-            self._say(f"{len(self.active)} prompts still on the server after {self.opts.cancel_wait:g}s; "
-                      "the next run will adopt them")
-
-    # -- completion ------------------------------------------------------------------------------
-
-    def _complete(self, active: _Active, entry: dict) -> None:
-        job = active.job
-        if succeeded(entry):
-            active.entry = entry
-            t0 = time.monotonic()
-            files = []
-            counters: dict[str, int] = {}
-            folder = self.out_dir / job.folder
-            for node_id, rec in output_files(entry, self.opts.include_temp):
-                k = counters.get(node_id, 0)
-                counters[node_id] = k + 1
-                suffix = Path(rec["filename"]).suffix
-                name = f"{node_id.replace(':', '-')}_{k:02d}{suffix}"
-                try:
-                    size = self.client.download(rec, folder / name)
-                except RequestError as err:
-                    if err.status == 404:
-                        self._say(f"job {job.index}: output {rec['filename']} is gone from the server; "
-                                  "running it again")
-                        active.entry = None
-                        self._lost(active)
-                        return
-                    if err.status != 400:  # auth, server trouble: not this job's fault, stop as before
-                        raise
-                    # the server refuses this file (ComfyUI answers 400 for names holding '..'): this job
-                    # failed, the batch goes on
-                    said = f": {err.body.strip()[:200]}" if err.body.strip() else ""
-                    hint = (" ComfyUI refuses file names containing '..': change the filename_prefix."
-                            if ".." in rec["filename"] else "")
-                    error = {"kind": "download", "message": f"output {rec['filename']} could not be downloaded: "
-                             f"the server answered HTTP {err.status}{said}.{hint}"}
-                    self._say(f"job {job.index} ({job.label}) failed: {error['message']}")
-                    self._record(active, "error", entry=entry, files=files, error=error)
-                    return
-                files.append({"path": name, "node": node_id, "filename": rec["filename"],
-                              "subfolder": rec.get("subfolder", ""), "type": rec.get("type", "output"), "bytes": size})
-            if not files:
-                active.warnings.append("the prompt produced no output files (no SaveImage-like node?)")
-            self._record(active, "success", entry=entry, files=files, download_s=time.monotonic() - t0)
-            return
-        where = interrupted_at(entry)
-        if where is not None:
-            status = "cancelled" if self._cancelling else ("timeout" if active.timed_out else "interrupted")
-            self._record(active, status, entry=entry, error={"kind": status, "message": "interrupted while running "
-                                                              f"node #{where['node_id']} ({where['class_type']})"})
-            return
-        error = execution_error(entry, job.prompt) or {"kind": "execution", "message": "the server reported an error"}
-        self._say(f"job {job.index} ({job.label}) failed: {describe_error(error)}")
-        self._record(active, "error", entry=entry, error=error)
-
-    def _record(self, active: _Active, status: str, *, entry: dict | None = None, files: list | None = None,
-                error: dict | None = None, download_s: float | None = None, remove: bool = True) -> None:
-        """Append the job's manifest row (fsync) and take it off the in-flight list."""
-        job = active.job
-        now = time.time()
-        start, end = server_times(entry or {})
-        timings = {"queue_s": _round(start - active.sent_wall) if start else None,
-                   "run_s": _round(end - start) if start and end else None,
-                   "download_s": _round(download_s), "total_s": _round(now - active.sent_wall)}
-        row = {"key": job.key, "index": job.index, "status": status, "params": job.params,
-               "prompt_id": active.prompt_id, "attempt": active.attempt, "server": self.client.base_url,
-               "client_id": self.client_id, "output_dir": job.folder,
-               "outputs": [f["path"] for f in files or []], "files": files or [],
-               "queued_at": iso(active.sent_wall), "started_at": iso(start), "finished_at": iso(end or now),
-               "timings": timings, "error": error, "warnings": active.warnings}
-        self.manifest.append(row)
-        self.rows.append(row)
-        if remove:
-            self.active.pop(active.prompt_id, None)
-        line = f"{status:<9} {job.label}"
-        if status == "success":
-            line += f" ({timings['total_s']}s) -> {job.folder}/" + (",".join(row["outputs"]) or "(no files)")
-        elif error:
-            line += f": {describe_error(error).splitlines()[0]}"
-        self._progress.job_finished(job.key, line)
+        self._shown = time.monotonic()
+        for worker in self.workers:
+            self._progress.server_status(worker.url, server_line(self.book.stats[worker.url], worker.state,
+                                                                 self.book.held(worker.url)))
 
 
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 3)
+def server_line(stats: ServerStats, state: str, held: Sequence[Any] = ()) -> str:
+    """``10.0.0.5:8188  7 done, 1 running, 1 queued, 3.2/min  [up]``: one server's progress line."""
+    running = sum(1 for a in held if a.running_since is not None)
+    rate = stats.rate_per_min()
+    parts = [f"{stats.succeeded} done", f"{running} running", f"{len(held) - running} queued"]
+    if rate is not None:
+        parts.append(f"{rate:.1f}/min")
+    if stats.failed_jobs:
+        parts.append(f"{len(stats.failed_jobs)} failed")
+    return f"{stats.name}  {', '.join(parts)}  [{state}]"
 
 
-class _EventPump(threading.Thread):
-    """Reads ``/ws?clientId=`` in the background and queues ``("msg", data)`` / ``("ws", "up"|"down")``."""
-
-    def __init__(self, client: ComfyClient, client_id: str, events: queue.Queue):
-        super().__init__(name="comfy-batch-ws", daemon=True)
-        self.client, self.client_id, self.events = client, client_id, events
-        self._halt = threading.Event()
-        self._ws = None
-
-    def run(self) -> None:
-        delay = 0.5
-        while not self._halt.is_set():
-            try:
-                ws = self.client.connect_ws(self.client_id, timeout=min(self.client.timeout, 10.0))
-            except (ServerUnreachable, OSError):
-                self._halt.wait(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            self._ws, delay = ws, 0.5
-            self.events.put(("ws", "up"))
-            try:
-                while not self._halt.is_set():
-                    message = ws.recv()
-                    if isinstance(message, str):
-                        try:
-                            self.events.put(("msg", json.loads(message)))
-                        except json.JSONDecodeError:
-                            continue
-            except OSError:
-                pass
-            finally:
-                ws.close()
-                self._ws = None
-            if not self._halt.is_set():
-                self.events.put(("ws", "down"))
-
-    def stop(self) -> None:
-        self._halt.set()
-        ws = self._ws
-        if ws is not None:
-            ws.close()
-        self.join(timeout=5)
+def _refusal_items(error: dict | None) -> list[dict]:
+    """The node items of a server's 400 answer, or one item for a prompt-level refusal."""
+    error = error or {}
+    return list(error.get("nodes") or []) or [{"node_id": "", "title": None, "class_type": None, "input": None,
+                                               "type": error.get("type"), "message": error.get("message"),
+                                               "details": error.get("details")}]
