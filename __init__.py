@@ -25,7 +25,7 @@ try:
 except ImportError:  # not inside ComfyUI (pytest imports this file too), or one without the V3 node API
     ComfyExtension = None  # type: ignore[assignment,misc]
     if "comfy" in sys.modules:  # inside ComfyUI: say why the nodes are missing
-        log.error("ComfyUI-LUA needs ComfyUI 0.3.48 or newer (the V3 node API, comfy_api.latest); update ComfyUI.")
+        log.error("ComfyUI-LUA needs ComfyUI 0.3.75 or newer (the V3 node API, comfy_api.latest); update ComfyUI.")
 
 
 def missing_requirements(path: str = os.path.join(HERE, "requirements.txt")) -> list[str]:
