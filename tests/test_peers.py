@@ -401,3 +401,27 @@ def test_half_precision(conformance, name, dtype):
     assert out.dtype == dtype and out.shape == ref.shape and torch.isfinite(out).all()
     rel = _max_diff(out, ref) / ref.abs().max().item()
     assert rel <= HALF_REL_DRIFT[dtype], f"relative drift {rel:.3g}"
+
+
+def test_lssgen_cogview4_folder_runs_on_raw_latents(conformance, tmp_path):
+    """LSSGen's CogView4 folder has FLUX's config with bf16 tensors. CogView4's VAE has scaling factor 1 and
+    shift 0, so with latent_format='cogview4' the wrap is the identity: the output is the network on the raw
+    latent, with the bf16 weights upcast exactly."""
+    from safetensors.torch import save_file
+
+    src = _folder(conformance, "lssgen16")
+    folder = tmp_path / "LSSGen-CogView4-VAE-scaler"
+    folder.mkdir()
+    shutil.copy(src / "config.json", folder / "config.json")
+    bf16 = {k: v.to(torch.bfloat16) for k, v in load_file(src / "diffusion_pytorch_model.safetensors").items()}
+    save_file(bf16, str(folder / "diffusion_pytorch_model.safetensors"))
+    model = lua_core.load_model(folder)
+    assert model.dtype == torch.float32
+    for name, param in model.state_dict().items():
+        assert torch.equal(param, bf16[name].float()), name
+    x = torch.randn(2, 16, 6, 10, generator=torch.Generator().manual_seed(4))
+    out = lua_core.upscale_latent(model, x, 2, latent_format="cogview4")
+    with torch.no_grad():
+        assert (out - model(x)).abs().max().item() <= 1e-6
+    flux = lua_core.upscale_latent(model, x, 2, latent_format="flux")
+    assert (flux - out).abs().max().item() > 1e-2, "FLUX's wrap is not the identity: the format matters"

@@ -94,3 +94,28 @@ def test_usage_errors_are_reported(tmp_path, capsys):
     assert "prepare it first" in capsys.readouterr().err
     assert main(["train", str(tmp_path), str(tmp_path / "run"), "--stages", "4", *RUN]) == 1
     assert "unknown stage" in capsys.readouterr().err
+
+
+def test_prepare_takes_every_image_format_and_its_aliases(tmp_path, capsys):
+    """--latent-format takes every 2-D format name and the aliases users type; the channel count comes from the
+    format and is checked against the VAE's; FLUX.2's packed LATENTs are refused with why."""
+    import json
+
+    write_synthetic_images(tmp_path / "img", 2, (40, 36))
+    ae16 = save_tiny_vae_ldm(tmp_path / "ae16.safetensors", 16, quant_conv=False)
+    for alias, name in (("qwen-image", "wan21"), ("z-image", "flux"), ("cogview4", "cogview4")):
+        data = tmp_path / f"data_{name}"
+        assert main(["prepare", str(tmp_path / "img"), str(data), "--vae", str(ae16), "--latent-format", alias,
+                     "--crop", "32", "--no-pixels", "--quiet"]) == 0
+        assert json.loads((data / "manifest.json").read_text())["vae"]["latent_format"] == name
+    capsys.readouterr()
+    assert main(["prepare", str(tmp_path / "img"), str(tmp_path / "x"), "--vae", str(ae16), "--latent-format",
+                 "hunyuanimage21", "--crop", "32", "--quiet"]) == 1
+    assert "'hunyuanimage21' has 64 channels but the VAE ae16.safetensors makes 16-channel" in capsys.readouterr().err
+    ae32 = save_tiny_vae_ldm(tmp_path / "ae32.safetensors", 32, quant_conv=False)
+    assert main(["prepare", str(tmp_path / "img"), str(tmp_path / "y"), "--vae", str(ae32), "--latent-format",
+                 "klein", "--crop", "32", "--quiet"]) == 1
+    assert "packed 2x2 into 128 channels" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["prepare", str(tmp_path / "img"), str(tmp_path / "z"), "--vae", str(ae16), "--latent-format", "pixart"])
+    assert "unknown latent_format 'pixart'" in capsys.readouterr().err

@@ -83,3 +83,16 @@ def test_clear_errors(tmp_path):
     save_file({"foo.weight": torch.zeros(2)}, str(tmp_path / "x.safetensors"))
     with pytest.raises(ValueError, match="not a VAE"):
         load_vae(tmp_path / "x.safetensors")
+
+
+def test_guess_latent_format_from_a_vae_config():
+    """The two numbers of a diffusers AutoencoderKL config name a format only when exactly one fits; FLUX.2
+    and Wan 2.1 LATENTs are never a VAE's scaled latent (packed / per-channel), so they are never guessed."""
+    from lua_core.train.vae import guess_latent_format
+
+    assert guess_latent_format(16, 0.3611, 0.1159) == "flux"
+    assert guess_latent_format(16, 1.5305, 0.0609) == "sd3"
+    assert guess_latent_format(4, 0.13025, None) == "sdxl" and guess_latent_format(4, 0.18215, 0.0) == "sd15"
+    assert guess_latent_format(16, 1.0, 0.0) == "cogview4", "not wan21, whose statistics are per channel"
+    assert guess_latent_format(64, 0.75289, None) == "hunyuanimage21"
+    assert guess_latent_format(32, 1.0, 0.0) is None and guess_latent_format(16, None, None) is None

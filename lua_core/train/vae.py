@@ -90,14 +90,16 @@ class FrozenVAE(nn.Module):
 
 
 def guess_latent_format(channels: int, scaling_factor: float | None, shift_factor: float | None) -> str | None:
-    """The ComfyUI latent format whose numbers match a diffusers VAE config, or None."""
+    """The ComfyUI latent format whose numbers match a diffusers VAE config, or None (none, or several).
+
+    FLUX.2 (packed, batch-normalised) and Wan 2.1 (a 3-D VAE, per-channel statistics) LATENTs are not
+    an AutoencoderKL's scaled latent, so a config's two numbers never say them."""
     if scaling_factor is None:
         return None
-    for name, space in LATENT_SPACES.items():
-        if space.channels == channels and abs(space.scale - scaling_factor) < 1e-4 \
-                and abs(space.shift - (shift_factor or 0.0)) < 1e-4:
-            return name
-    return None
+    found = [name for name, space in LATENT_SPACES.items()
+             if name not in ("flux2", "wan21") and space.channels == channels
+             and abs(space.scale - scaling_factor) < 1e-4 and abs(space.shift - (shift_factor or 0.0)) < 1e-4]
+    return found[0] if len(found) == 1 else None
 
 
 def load_vae(path: str | os.PathLike, *, latent_format: str | None = None, device: str | torch.device = "cpu",
@@ -121,7 +123,13 @@ def load_vae(path: str | os.PathLike, *, latent_format: str | None = None, devic
         cfg = model.config
         latent_format = guess_latent_format(cfg.latent_channels, cfg.scaling_factor, getattr(cfg, "shift_factor", None))
     if latent_format is not None and LATENT_SPACES[latent_format].channels != model.config.latent_channels:
-        raise ValueError(f"latent_format {latent_format!r} has {LATENT_SPACES[latent_format].channels} channels but "
+        space = LATENT_SPACES[latent_format]
+        if latent_format == "flux2" and model.config.latent_channels * 4 == space.channels:
+            raise ValueError(f"{space.label} LATENTs in ComfyUI are the VAE's {model.config.latent_channels}-channel "
+                             f"latent normalised by its batch norm and packed 2x2 into {space.channels} channels; "
+                             "prepare stores the VAE's own latents and does not pack them, so a LUA trained on them "
+                             "would not take ComfyUI's FLUX.2 LATENTs. SesquiLSR's FLUX.2 file covers FLUX.2 today")
+        raise ValueError(f"latent_format {latent_format!r} has {space.channels} channels but "
                          f"the VAE {p.name} makes {model.config.latent_channels}-channel latents")
     model = model.to(device) if dtype == torch.float32 else model.to(device=device, dtype=dtype)
     return FrozenVAE(model, source=p, latent_format=latent_format)
