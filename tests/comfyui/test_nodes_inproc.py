@@ -293,6 +293,31 @@ def test_latent_format_read_from_model(comfy_inproc: harness.InProcComfy, upscal
 
 
 @pytest.mark.comfyui
+@pytest.mark.parametrize(("comfy_class", "name", "channels", "file", "shape"), [
+    ("Flux2", "flux2", 128, "sesqui_flux2/upscaler_Flux2.safetensors", (1, 128, 6, 5)),
+    ("Wan21", "wan21", 16, "sesqui_wan21/upscaler_Wan21.safetensors", (1, 16, 1, 6, 5)),  # Qwen-Image: 5-D
+    ("Flux", "flux", 16, "sesqui_flux/upscaler_Flux.safetensors", (1, 16, 6, 5)),
+    ("SDXL", "sdxl", 4, "sesqui_sdxl/upscaler_SDXL.safetensors", (1, 4, 6, 5)),
+])
+def test_today_formats_read_from_model_and_auto_takes_sesquilsr(
+        comfy_inproc: harness.InProcComfy, upscale_dir: Path, lua_pack: ModuleType, conformance: Callable[[str], Path],
+        comfy_class: str, name: str, channels: int, file: str, shape: tuple[int, ...]) -> None:
+    """Every SesquiLSR format: the MODEL's latent format class is read, auto takes the SesquiLSR file on disk
+    for it (the only fitting file there), and the node's output equals lua_core.upscale_latent's."""
+    core = pack_module(lua_pack, "lua_core")
+    folder, fname = file.split("/")
+    shutil.copy(conformance(f"peers/{folder}") / fname, upscale_dir / fname)
+    model = with_latent_format(comfy_class)
+    assert pack_module(lua_pack, "nodes.loader").model_latent(model) == (name, channels)
+    handle = load(comfy_inproc, "auto", model=model)
+    assert (handle.name, handle.latent_format, handle.upscaler.family) == (fname, name, "sesqui")
+    latent = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    out = upscale(comfy_inproc, {"samples": latent}, handle, scale=1.5)["samples"]
+    ref = core.upscale_latent(core.load_model(upscale_dir / fname), latent, 1.5, latent_format=name)
+    assert tuple(out.shape) == (*shape[:-2], 9, 8) and (out - ref).abs().max().item() <= 1e-5
+
+
+@pytest.mark.comfyui
 def test_auto_order(comfy_inproc: harness.InProcComfy, upscale_dir: Path, lua_pack: ModuleType,
                     conformance: Callable[[str], Path]) -> None:
     sdxl = harness.make_tiny_model_patcher("SDXL", "EPS")
