@@ -45,6 +45,8 @@ class LatentUpscaler(nn.Module):
     #: True: x1 returns the input unchanged (nothing to add); False: the model runs at x1 too, as
     #: its own node does (SesquiLSR refines the latent at the same size).
     identity_at_one: bool = True
+    #: how ``working_memory`` estimates, for the logs of hosts that reserve memory with it
+    memory_estimate: str = "generic: three activations as wide as the widest layer, at the output size"
 
     @property
     def latent_channels(self) -> int:

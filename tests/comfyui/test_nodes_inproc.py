@@ -666,6 +666,33 @@ def test_out_of_memory_falls_back_to_smaller_batches_then_tiles(comfy_inproc: ha
 
 
 @pytest.mark.comfyui
+def test_lua_reserves_its_own_exact_estimate_and_says_so(comfy_inproc: harness.InProcComfy, upscale_dir: Path,
+                                                         lua_pack: ModuleType, monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """ComfyUI is asked to free exactly LUA's own estimate (its one-shot forward plan, per latent, plus the
+    input/output copies) times the batch, plus what LUA keeps on the device, and the log says which
+    estimate it was: no silent fallback to a generic guess."""
+    import comfy.model_management as mm
+
+    lua_mem = pack_module(lua_pack, "lua_core.archs.lua.memory")
+    inference = pack_module(lua_pack, "lua_core.inference")
+    place_lua(upscale_dir)
+    handle = load(comfy_inproc)
+    asked: list[int] = []
+    real = mm.load_models_gpu
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, memory_required=0, **kw: (
+        asked.append(memory_required), real(models, memory_required=memory_required, **kw))[1])
+    upscaler = handle.upscaler
+    with caplog.at_level("INFO", logger="ComfyUI-LUA"):
+        upscale(comfy_inproc, {"samples": torch.randn(3, 16, 12, 20)}, handle, scale=4.0)
+    per = inference.io_memory((1, 16, 12, 20), (48, 80)) + lua_mem.estimate_peak(
+        upscaler.config, (1, 16, 12, 20), "x4", lua_mem.ForwardPlan(), 4)
+    kept = lua_mem.kept_bytes(upscaler.config, 4, handle.patcher.load_device)
+    assert asked == [3 * per + kept]
+    assert any("LUA's own: the peak of its one-shot forward plan" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.comfyui
 def test_upscale_runs_when_comfyui_reports_no_free_memory(comfy_inproc: harness.InProcComfy, upscale_dir: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A device reported full still gets the smallest exact plan (max_memory is at least one byte:

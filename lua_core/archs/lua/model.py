@@ -303,6 +303,7 @@ class LUA(LatentUpscaler):
     family = "lua"
     #: scales between the heads' are served by the next head up, resampled down (``plan_scale``)
     resample_to_any_scale = True
+    memory_estimate = "LUA's own: the peak of its one-shot forward plan (memory.estimate_peak)"
 
     def __init__(self, config: LUAConfig | None = None):
         super().__init__()
