@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
+from runlog import add_log_argument, log_path, logged  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -202,6 +204,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile of a plain block")
     ap.add_argument("--sections", default="plans,epilogue,attention,threads")
+    add_log_argument(ap)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -225,4 +228,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with logged(log_path(sys.argv)):
+        main()

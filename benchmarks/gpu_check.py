@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
+from runlog import add_log_argument, log_path, logged  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -194,6 +196,7 @@ def main() -> None:
     ap.add_argument("--sections", default="1,2,3,4a,4b,5a,5b,6", help="which parts to run")
     ap.add_argument("--variants", default="all", help="indices into VARIANTS joined by '+', or 'all'")
     ap.add_argument("--sdpa", default=None, help="force lua_core's attention onto one SDPA backend in 3-6")
+    add_log_argument(ap)
     a = ap.parse_args()
     only = set(a.sections.split(","))
     cuda = a.device.startswith("cuda")
@@ -234,4 +237,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with logged(log_path(sys.argv)):
+        main()

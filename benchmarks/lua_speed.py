@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from runlog import add_log_argument, logged  # noqa: E402
+
 from lua_baseline import baseline_forward  # noqa: E402
 from lua_core.archs.lua import LUA, LUAConfig, plan_forward  # noqa: E402
 
@@ -418,7 +420,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", help="also write the rows here")
+    add_log_argument(ap)
     args = ap.parse_args()
+    with logged(args.log):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.pipeline_sizes = [int(s) for s in args.pipeline_sizes.split(",")]
     args.budgets = [float(s) for s in args.budgets.split(",")]

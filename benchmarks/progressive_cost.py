@@ -37,6 +37,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 FLUX_TEXT_TOKENS = 512
+sys.path.insert(0, str(REPO / "benchmarks"))
+from runlog import add_log_argument, logged  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -297,7 +299,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--flux-blocks", type=int, nargs=2, default=(2, 4), metavar=("DOUBLE", "SINGLE"),
                         help="--measure with CUDA: FLUX blocks to build (memory and time)")
+    add_log_argument(parser)
     args = parser.parse_args(argv)
+    with logged(args.log):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     print_cost_model(args.steps)
     if not args.no_flops:
         print_counted_flops(args.steps)

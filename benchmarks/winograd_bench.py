@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from runlog import add_log_argument, log_path, logged  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -48,6 +49,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--tile", choices=["2", "4", "both"], default="both")
+    add_log_argument(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tiles = [2, 4] if args.tile == "both" else [int(args.tile)]
@@ -79,4 +81,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with logged(log_path(sys.argv)):
+        main()

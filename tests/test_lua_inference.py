@@ -4,6 +4,7 @@ odd sizes, arbitrary scales and half precision (issues: lua_core foundation; any
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -220,9 +221,11 @@ def test_tiles_are_deterministic_and_cover_everything(public16):
     a = lua_core.upscale_latent(model, x, 2, tile=16, overlap=8)
     b = lua_core.upscale_latent(model, x, 2, tile=16, overlap=8)
     assert torch.equal(a, b) and a.shape == (1, 16, 96, 32) and torch.isfinite(a).all()
-    # not exact (the trunk sees the whole latent), but the same scale of values
-    ref = vec["x2_2"]
-    assert (a - ref).abs().mean() < ref.abs().mean()
+    # not exact (the trunk sees the whole latent): at the default overlap (a quarter of the tile on the window
+    # grid, here one 16-pixel window) measured max 0.346, mean 0.0098 against the one-shot output (output std
+    # 1.44); pinned at 1.5x, so a regression that doubles the seams fails
+    d = (a - lua_core.upscale_latent(model, x, 2)).abs()
+    assert d.max().item() <= 0.52 and d.mean().item() <= 0.0147, (d.max().item(), d.mean().item())
 
 
 @pytest.mark.parametrize("length,tile,overlap,align",
@@ -318,18 +321,25 @@ def test_intermediate_scale_downsamples_the_next_head(public16):
 
 # -- precision ------------------------------------------------------------------------------------
 
+#: worst |half - official fp32| over every conformance case: measured bf16 0.066 (CPU) / 0.069 (H100), fp16
+#: 0.0082 (CPU) / 0.0098 (H100) (docs/measurements: cpu-2026-12-02-lua-drift.log, h100-2026-11-25-run*.log);
+#: pinned at 1.5x the worst, so a regression that doubles the drift fails
+HALF_DRIFT = {torch.bfloat16: 0.105, torch.float16: 0.015}
+
+
 @pytest.mark.parametrize("name", ["public16", "public4"])
-@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 0.25), (torch.float16, 0.05)])
-def test_half_precision_models_and_latents(conformance, name, dtype, tol):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision_models_and_latents(conformance, name, dtype):
     folder = conformance(name)
     vec = load_file(folder / "vectors.safetensors")
     model = lua_core.load_model(folder / "weights.safetensors", dtype=dtype)
     x = vec["input_0"]
-    for scale in (2, 4):
-        y = lua_core.upscale_latent(model, x.to(dtype), scale)
+    worst = 0.0
+    for case in json.loads((folder / "manifest.json").read_text())["cases"]:
+        y = lua_core.upscale_latent(model, vec[case["input_key"]].to(dtype), case["scale"])
         assert y.dtype == dtype
-        drift = (y.float() - vec[f"x{scale}_0"]).abs().max().item()
-        assert drift <= tol, f"{dtype} drift {drift:.4f}"
+        worst = max(worst, (y.float() - vec[case["output_key"]]).abs().max().item())
+    assert worst <= HALF_DRIFT[dtype], f"{dtype} drift {worst:.4f}"
     # an fp32 latent through a half model comes back fp32
     assert lua_core.upscale_latent(model, x, 2).dtype == torch.float32
 
