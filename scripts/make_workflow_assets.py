@@ -441,7 +441,7 @@ def qwen_image_sesqui_x2() -> Workflow:
     wf.add(7, "EmptySD3LatentImage", "Generate at 1328x1328", width=1328, height=1328, batch_size=1)
     wf.add(8, "KSampler", seed=42, steps=20, cfg=2.5, sampler_name="euler", scheduler="simple", denoise=1.0,
            model=(6, 0), positive=(4, 0), negative=(5, 0), latent_image=(7, 0))
-    wf.add(9, "LUA_LoadModel", "Load LUA Model (auto: SesquiLSR for Qwen-Image)", dtype="auto", model_name="auto",
+    wf.add(9, "LUA_LoadModel", "Load LUA Model (auto: SesquiLSR)", dtype="auto", model_name="auto",
            model=(1, 0))
     wf.add(10, "LUA_LatentUpscale", "Latent Upscale x2 (SesquiLSR)", scale=2.0, latent_format="auto", tile=0,
            samples=(8, 0), upscale_model=(9, 0))
@@ -480,7 +480,7 @@ pass, no pixel-space upscaler.
 - `qwen_2.5_vl_7b_fp8_scaled.safetensors` → `models/text_encoders`
 - `qwen_image_vae.safetensors` → `models/vae`
 """)
-    wf.column(0, [(20, 460, 520)])
+    wf.column(0, [(20, 460, 420)])
     return wf
 
 
