@@ -72,6 +72,12 @@ SDXL = _model("sd_xl_base_1.0.safetensors",
 ESRGAN = _model("RealESRGAN_x4plus.safetensors",
                 "https://huggingface.co/Comfy-Org/Real-ESRGAN_repackaged/resolve/main/RealESRGAN_x4plus.safetensors",
                 "upscale_models")
+_QWEN = "https://huggingface.co/Comfy-Org/Qwen-Image_ComfyUI/resolve/main/split_files/"
+QWEN_UNET = _model("qwen_image_fp8_e4m3fn.safetensors", _QWEN + "diffusion_models/qwen_image_fp8_e4m3fn.safetensors",
+                   "diffusion_models")
+QWEN_TE = _model("qwen_2.5_vl_7b_fp8_scaled.safetensors",
+                 _QWEN + "text_encoders/qwen_2.5_vl_7b_fp8_scaled.safetensors", "text_encoders")
+QWEN_VAE = _model("qwen_image_vae.safetensors", _QWEN + "vae/qwen_image_vae.safetensors", "vae")
 
 LUA_FLUX = "download/lua-flux [LUA · 16ch FLUX/SD3 · x2 x4 · Apache-2.0]"
 PROMPT = ("a lighthouse on a rocky coast at sunset, dramatic clouds over a stormy sea, waves breaking on the "
@@ -88,7 +94,7 @@ HEIGHT = {"UNETLoader": 82, "DualCLIPLoader": 130, "VAELoader": 58, "FluxGuidanc
           "EmptySD3LatentImage": 106, "EmptyLatentImage": 106, "KSampler": 262, "LUA_LoadModel": 82,
           "LUA_LatentUpscale": 126, "VAEDecode": 46, "VAEDecodeTiled": 150, "LatentUpscaleBy": 82,
           "UpscaleModelLoader": 58, "ImageUpscaleWithModel": 46, "ImageScaleBy": 82, "ImageStitch": 150,
-          "CheckpointLoaderSimple": 98}
+          "CheckpointLoaderSimple": 98, "CLIPLoader": 106, "ModelSamplingAuraFlow": 58}
 COL = 300
 GAP = 40  # title bar (30) + 10
 TOP = 40
@@ -420,7 +426,66 @@ already there). To choose it explicitly, pick `download/city96-sdxl-x2`.
     return wf
 
 
-DEFINITIONS = (flux_lua_x2, flux_lua_x4_tiled, sd3_lua_x2, compare_upscalers, sdxl_latent_upscale_x2)
+def qwen_image_sesqui_x2() -> Workflow:
+    """ComfyUI's Qwen-Image text-to-image template graph (loaders, ModelSamplingAuraFlow shift 3.1, 1328x1328,
+    20 steps, cfg 2.5, euler, simple), then SesquiLSR's Wan 2.1 upscaler, picked by ``auto``, at x2."""
+    wf = Workflow("qwen_image_sesqui_x2", "Qwen-Image at 1328, SesquiLSR (auto) x2 in latent space, one VAE decode at "
+                  "2656")
+    wf.add(1, "UNETLoader", "Load Qwen-Image", [QWEN_UNET], unet_name=QWEN_UNET["name"], weight_dtype="default")
+    wf.add(2, "CLIPLoader", "Load Qwen2.5-VL text encoder", [QWEN_TE], clip_name=QWEN_TE["name"], type="qwen_image",
+           device="default")
+    wf.add(3, "VAELoader", "Load Qwen-Image VAE", [QWEN_VAE], vae_name=QWEN_VAE["name"])
+    wf.add(4, "CLIPTextEncode", "Prompt", text=PROMPT, clip=(2, 0))
+    wf.add(5, "CLIPTextEncode", "Negative prompt", text="", clip=(2, 0))
+    wf.add(6, "ModelSamplingAuraFlow", shift=3.1, model=(1, 0))
+    wf.add(7, "EmptySD3LatentImage", "Generate at 1328x1328", width=1328, height=1328, batch_size=1)
+    wf.add(8, "KSampler", seed=42, steps=20, cfg=2.5, sampler_name="euler", scheduler="simple", denoise=1.0,
+           model=(6, 0), positive=(4, 0), negative=(5, 0), latent_image=(7, 0))
+    wf.add(9, "LUA_LoadModel", "Load LUA Model (auto: SesquiLSR)", dtype="auto", model_name="auto",
+           model=(1, 0))
+    wf.add(10, "LUA_LatentUpscale", "Latent Upscale x2 (SesquiLSR)", scale=2.0, latent_format="auto", tile=0,
+           samples=(8, 0), upscale_model=(9, 0))
+    wf.add(11, "VAEDecode", "VAE Decode at 2656x2656", samples=(10, 0), vae=(3, 0))
+    wf.add(12, "SaveImage", filename_prefix="LUA/qwen_image_2656", images=(11, 0))
+    wf.colour(GREEN, 4)
+    wf.colour(RED, 5)
+    wf.colour(BLUE, 9, 10)
+    x0 = 500  # column 0 (x 0..460) is the note
+    wf.column(x0, [1, 2, 3])
+    wf.column(x0 + 340, [(4, 400, 180), (5, 400, 110), 7], width=400)
+    wf.column(x0 + 780, [6, 8, (9, 340, 82)])
+    wf.column(x0 + 1160, [10, (11, 300, 46)])
+    wf.column(x0 + 1500, [(12, 520, 560)])
+    wf.thumbnail_nodes = [8, 9, 10, 11, 12]
+    wf.note(20, """
+# Qwen-Image: 1328 → 2656 with SesquiLSR
+
+ComfyUI's Qwen-Image text-to-image graph (ModelSamplingAuraFlow shift 3.1, 1328×1328, 20 steps, cfg 2.5,
+euler, seed 42), then **Latent Upscale (LUA)** x2 and one **VAE Decode** at 2656×2656. No second diffusion
+pass, no pixel-space upscaler.
+
+- **Load LUA Model** `auto` with the Qwen-Image MODEL connected picks SesquiLSR's Wan 2.1 upscaler (Qwen-Image
+  makes Wan 2.1 latents: 16 channels, like FLUX's, but another latent space, so the LUA FLUX weights are never
+  used here). On the first run it downloads `download/sesqui-wan21` (`upscaler_Wan21.safetensors`,
+  [LoganBooker/SesquiLSR](https://github.com/LoganBooker/SesquiLSR), MIT) into `models/latent_upscale_models`;
+  after that it uses the file on disk.
+- **scale**: SesquiLSR does any factor from 1 to 2 (1.5 gives 1992×1992).
+- **Expect**: the 1328 picture at 2656 px with the same composition; SesquiLSR reconstructs the latent at the
+  higher resolution, it adds no new objects. Decoding 2656² with the Qwen-Image VAE needs a lot of VRAM; ComfyUI
+  falls back to a tiled decode if it runs out.
+
+**Models** (ComfyUI's *Missing Models* dialog offers each download), from
+[Comfy-Org/Qwen-Image_ComfyUI](https://huggingface.co/Comfy-Org/Qwen-Image_ComfyUI):
+- `qwen_image_fp8_e4m3fn.safetensors` → `models/diffusion_models`
+- `qwen_2.5_vl_7b_fp8_scaled.safetensors` → `models/text_encoders`
+- `qwen_image_vae.safetensors` → `models/vae`
+""")
+    wf.column(0, [(20, 460, 420)])
+    return wf
+
+
+DEFINITIONS = (flux_lua_x2, flux_lua_x4_tiled, sd3_lua_x2, compare_upscalers, sdxl_latent_upscale_x2,
+               qwen_image_sesqui_x2)
 # hand-made workflows: only their thumbnails are made here (framing these node ids)
 EXISTING = {"progressive_sampler": [7, 8, 9, 10, 11], "progressive_building_blocks": [7, 8, 9, 10, 11, 12, 13, 14]}
 

@@ -66,7 +66,11 @@ ARTIFACTS_DIR = REPO_ROOT / "tests" / "_artifacts"
 PACK_INSTALL_NAME = "ComfyUI-LUA"  # directory name of this pack under custom_nodes/
 TEST_PACK_INSTALL_NAME = "lua_test_nodes"
 
-LATENT_FORMATS = ("SD15", "SDXL", "SD3", "Flux")
+LATENT_FORMATS = ("SD15", "SDXL", "SD3", "Flux", "Wan21")
+# the ``comfy.supported_models`` config a tiny model of each latent format copies (its latent format, sampling
+# settings and isinstance checks): the class of that name, except Wan21, whose image model is Qwen-Image
+# (ComfyUI's Wan 2.1 configs are video models)
+CONFIG_OF_FORMAT = {"Wan21": "QwenImage"}
 MODEL_TYPES = ("EPS", "V_PREDICTION", "FLOW")
 
 IMPORT_FAILED_MARK = "IMPORT FAILED"
@@ -479,6 +483,10 @@ def _tiny_diffusion_model_class() -> type:
 
         def forward(self, x: Any, timesteps: Any = None, context: Any = None, y: Any = None,
                     control: Any = None, transformer_options: Any = None, **kwargs: Any) -> Any:
+            if x.ndim == 5:  # [B, C, T, H, W] (Wan 2.1 / Qwen-Image latents): the conv runs frame by frame
+                b, c, t, h, w = x.shape
+                out = self.conv(x.movedim(2, 1).reshape(b * t, c, h, w))
+                return out.reshape(b, t, -1, h, w).movedim(1, 2)
             return self.conv(x)
 
     return TinyDiffusionModel
@@ -489,8 +497,9 @@ def make_tiny_model_patcher(latent_format: str = "SD15", model_type: str = "EPS"
     """A real ``comfy.model_patcher.ModelPatcher`` around a tiny deterministic conv "diffusion model".
 
     The model config is a subclass of ComfyUI's own ``comfy.supported_models.<family>`` (so
-    ``latent_format``, ``sampling_settings`` and ``isinstance`` checks are the family's), with the UNet
-    config replaced by the tiny conv (in = out = the format's latent channels; weights from ``seed``):
+    ``latent_format``, ``sampling_settings`` and ``isinstance`` checks are the family's; for Wan21 the
+    family is ``QwenImage``, see ``CONFIG_OF_FORMAT``), with the UNet config replaced by the tiny conv
+    (in = out = the format's latent channels; weights from ``seed``):
 
     ==========  ===============  ===========================================================================
     format      model_type       what sampling gets
@@ -502,11 +511,16 @@ def make_tiny_model_patcher(latent_format: str = "SD15", model_type: str = "EPS"
                                  (shift 1.15 unless given; the ``ModelSamplingFlux`` node sets the
                                  resolution-dependent shift exactly as for a real Flux checkpoint), CONST,
                                  Flux's extra conds (guidance)
+    Wan21       FLOW             ``BaseModel`` with ``ModelType.FLUX``, as ``comfy.model_base.QwenImage``
+                                 builds Qwen-Image: ``ModelSamplingFlux`` (Qwen-Image's shift 1.15 unless
+                                 given; ``ModelSamplingAuraFlow`` replaces it as for the real model),
+                                 CONST; its LATENTs are 5-D [B, 16, T, H, W] (KSampler
+                                 adds the T axis to an empty 4-D latent) and the conv runs frame by frame
     SD15/SDXL   FLOW             ``BaseModel``, ``ModelSamplingDiscreteFlow`` shift ``shift`` or 1.0
     ==========  ===============  ===========================================================================
 
-    ``latent_format.latent_channels`` is 4 (SD15, SDXL) or 16 (SD3, Flux). The diffusion model ignores
-    conditioning and timestep, so any CONDITIONING works (see :func:`zero_conditioning`).
+    ``latent_format.latent_channels`` is 4 (SD15, SDXL) or 16 (SD3, Flux, Wan21). The diffusion model
+    ignores conditioning and timestep, so any CONDITIONING works (see :func:`zero_conditioning`).
     """
     if latent_format not in LATENT_FORMATS:
         raise ValueError(f"latent_format must be one of {LATENT_FORMATS}, not {latent_format!r}")
@@ -518,7 +532,7 @@ def make_tiny_model_patcher(latent_format: str = "SD15", model_type: str = "EPS"
     import comfy.model_patcher
     import comfy.supported_models
 
-    family = getattr(comfy.supported_models, latent_format)
+    family = getattr(comfy.supported_models, CONFIG_OF_FORMAT.get(latent_format, latent_format))
     channels = family.latent_format.latent_channels
     sampling = dict(family.sampling_settings)
     if shift is not None:
@@ -536,6 +550,9 @@ def make_tiny_model_patcher(latent_format: str = "SD15", model_type: str = "EPS"
     if latent_format == "Flux" and model_type == "FLOW":
         model = comfy.model_base.Flux(cfg, model_type=comfy.model_base.ModelType.FLUX, device=device,
                                       unet_model=unet)
+    elif latent_format == "Wan21" and model_type == "FLOW":
+        model = comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType.FLUX, device=device,
+                                           unet_model=unet)
     else:
         model = comfy.model_base.BaseModel(cfg, model_type=comfy.model_base.ModelType[model_type],
                                            device=device, unet_model=unet)

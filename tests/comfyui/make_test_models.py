@@ -8,6 +8,9 @@ weights. The modules are built with ComfyUI's own classes, so the keys and shape
   params, ~5 MiB fp16, fast to decode on CPU.
 * ``ldm``: the full SD/SDXL (4 ch: ``AutoencoderKL`` with quant convs) or FLUX/SD3 (16 ch:
   ``AutoencodingEngine``) VAE, 84M params, ~160 MiB fp16, ~20 s to decode 64x64 on 2 CPU cores.
+* ``wan21``: the Wan 2.1 VAE that Qwen-Image uses (``comfy.ldm.wan.vae.WanVAE``: causal 3-D convs,
+  16 channels, 5-D latents [B, 16, T, H, W]) at a tiny base width (``WAN21_DIM``; ComfyUI reads the
+  width from the file, the real one is 96), so it decodes small latents on CPU quickly.
 
 Files are cached under a directory the caller chooses (``tests/_artifacts/models`` for the test
 suite), named by every parameter plus the generator version and the ComfyUI version, and written
@@ -36,13 +39,15 @@ except ImportError:  # run as a script: python tests/comfyui/make_test_models.py
     import harness  # type: ignore[no-redef]
 
 GENERATOR_VERSION = 1  # bump when the generated weights change
-ARCHS = ("taesd", "ldm")
+ARCHS = ("taesd", "ldm", "wan21")
+WAN21_DIM = 8  # base width of the tiny Wan 2.1 VAE (widths 8, 16, 32, 32; the released VAE: 96)
 DTYPES = ("fp16", "bf16", "fp32")
 
 # File names the test server's models/vae folder exposes (what workflows put in VAELoader.vae_name).
 TAESD_4CH = "lua_test_taesd_4ch.safetensors"
 TAESD_16CH = "lua_test_taesd_16ch.safetensors"
 LDM_16CH = "lua_test_vae_16ch.safetensors"
+WAN21_16CH = "lua_test_wan21_vae.safetensors"  # Qwen-Image / Wan 2.1 (5-D latents)
 
 
 def _comfy_version() -> str:
@@ -65,6 +70,14 @@ def build_vae_state_dict(arch: str = "taesd", channels: int = 4, seed: int = 0, 
         from comfy.taesd.taesd import TAESD
 
         module = TAESD(latent_channels=channels)
+    elif arch == "wan21":
+        if channels != 16:
+            raise ValueError("the Wan 2.1 VAE has 16 latent channels")
+        from comfy.ldm.wan.vae import WanVAE
+
+        # comfy/sd.py's Wan 2.1 VAE parameters, but the base width (it reads that from decoder.head.0.gamma)
+        module = WanVAE(dim=WAN21_DIM, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                        temperal_downsample=[False, True, True], dropout=0.0)
     else:
         from comfy.ldm.models.autoencoder import AutoencoderKL, AutoencodingEngine
 
@@ -86,7 +99,8 @@ def build_vae_state_dict(arch: str = "taesd", channels: int = 4, seed: int = 0, 
     for key, value in module.state_dict().items():
         if key == "vae_shift":
             t = torch.zeros(value.shape)
-        elif key == "vae_scale" or (value.ndim <= 1 and not key.endswith("bias")):  # scales, norm weights
+        elif key == "vae_scale" or key.endswith("gamma") or (value.ndim <= 1 and not key.endswith("bias")):
+            # scales, norm weights (the Wan VAE's RMS norms keep theirs as gamma [C, 1, 1, 1])
             t = torch.ones(value.shape)
         elif key.endswith("bias"):
             t = 0.05 * torch.randn(value.shape, generator=gen)
@@ -134,9 +148,11 @@ def cached_vae(cache_dir: str | os.PathLike, arch: str = "taesd", channels: int 
 def standard_test_vaes(cache_dir: str | os.PathLike, full: bool = True) -> dict[str, Path]:
     """The test server's ``models/vae`` set: ``{file name: cached path}``.
 
-    TAESD 4 ch and 16 ch always; the full 16-channel ldm VAE (~160 MiB, generated once) with ``full``.
+    TAESD 4 ch and 16 ch and the tiny Wan 2.1 VAE always; the full 16-channel ldm VAE (~160 MiB,
+    generated once) with ``full``.
     """
-    vaes = {TAESD_4CH: cached_vae(cache_dir, "taesd", 4), TAESD_16CH: cached_vae(cache_dir, "taesd", 16)}
+    vaes = {TAESD_4CH: cached_vae(cache_dir, "taesd", 4), TAESD_16CH: cached_vae(cache_dir, "taesd", 16),
+            WAN21_16CH: cached_vae(cache_dir, "wan21", 16)}
     if full:
         vaes[LDM_16CH] = cached_vae(cache_dir, "ldm", 16)
     return vaes

@@ -16,13 +16,14 @@ from pathlib import Path
 import pytest
 
 from . import harness, make_test_models
+from .workflow_swap import TEST_VAE
 
 # --------------------------------------------------------------------------------------------------
 # In-process
 # --------------------------------------------------------------------------------------------------
 
-EXPECTED_CHANNELS = {"SD15": 4, "SDXL": 4, "SD3": 16, "Flux": 16}
-FORMAT_MODEL_TYPES = [("SD15", "EPS"), ("SDXL", "V_PREDICTION"), ("SD3", "FLOW"), ("Flux", "FLOW")]
+EXPECTED_CHANNELS = {"SD15": 4, "SDXL": 4, "SD3": 16, "Flux": 16, "Wan21": 16}
+FORMAT_MODEL_TYPES = [("SD15", "EPS"), ("SDXL", "V_PREDICTION"), ("SD3", "FLOW"), ("Flux", "FLOW"), ("Wan21", "FLOW")]
 
 
 @pytest.mark.comfyui
@@ -51,7 +52,8 @@ def test_tiny_model_samples(comfy_inproc: harness.InProcComfy, latent_format: st
     latent = {"samples": torch.zeros(1, channels, 8, 8)}
     out = comfy_inproc.nodes.KSampler().sample(model, 7, 2, 1.0, "euler", "simple", cond, cond, latent,
                                                denoise=1.0)[0]["samples"]
-    assert out.shape == (1, channels, 8, 8)
+    # Wan 2.1 (Qwen-Image) latents are 5-D: KSampler adds the frame axis to the empty 4-D latent
+    assert out.shape == ((1, channels, 1, 8, 8) if latent_format == "Wan21" else (1, channels, 8, 8))
     assert torch.isfinite(out).all() and out.std() > 0
     again = harness.make_tiny_model_patcher(latent_format, model_type, seed=0)
     out2 = comfy_inproc.nodes.KSampler().sample(again, 7, 2, 1.0, "euler", "simple", cond, cond, latent,
@@ -79,6 +81,16 @@ def test_tiny_model_sampling_families(comfy_inproc: harness.InProcComfy) -> None
     assert sampling.shift == 3.0
     shifted = harness.make_tiny_model_patcher("SD3", "FLOW", shift=5.0)
     assert shifted.get_model_object("model_sampling").shift == 5.0
+    # Qwen-Image: its config, Wan 2.1 latents, flow matching as model_base.QwenImage sets it (FLUX type,
+    # shift 1.15); ComfyUI's ModelSamplingAuraFlow node (its template's) patches it as for the real one
+    qwen = harness.make_tiny_model_patcher("Wan21", "FLOW")
+    assert isinstance(qwen.model.model_config, comfy.supported_models.QwenImage)
+    assert type(qwen.get_model_object("latent_format")).__name__ == "Wan21"
+    sampling = qwen.get_model_object("model_sampling")
+    assert isinstance(sampling, comfy.model_sampling.ModelSamplingFlux)
+    assert sampling.shift == pytest.approx(1.15)
+    aura = comfy_inproc.run_node("ModelSamplingAuraFlow", model=qwen, shift=3.1).outputs[0]
+    assert aura.get_model_object("model_sampling").shift == pytest.approx(3.1)
     with pytest.raises(ValueError):
         harness.make_tiny_model_patcher("SD2", "EPS")
 
@@ -180,6 +192,12 @@ def test_random_vaes_load_and_decode(comfy_inproc: harness.InProcComfy, test_vae
         image = comfy_inproc.run_node("VAEDecode", vae=vae,
                                       samples={"samples": torch.zeros(1, channels, 8, 8)}).outputs[0]
         assert tuple(image.shape) == (1, 64, 64, 3)
+    # the tiny Wan 2.1 VAE (Qwen-Image's architecture): ComfyUI detects it as one and decodes a 5-D latent
+    wan = comfy_inproc.run_node("VAELoader", vae_name=make_test_models.WAN21_16CH).outputs[0]
+    assert (wan.latent_channels, wan.latent_dim, type(wan.first_stage_model).__name__) == (16, 3, "WanVAE")
+    image = comfy_inproc.run_node("VAEDecode", vae=wan, samples={"samples": torch.randn(1, 16, 1, 6, 5)}).outputs[0]
+    assert tuple(image.shape) == (1, 48, 40, 3) and image.std() > 0
+    assert set(TEST_VAE.values()) <= set(test_vaes), "workflow_swap decodes with the standard test VAEs"
     with safetensors.safe_open(test_vaes[make_test_models.LDM_16CH], "pt") as full:  # FLUX/SD3 ldm layout
         keys = set(full.keys())
         assert full.get_slice("decoder.conv_in.weight").get_shape()[1] == 16
@@ -225,7 +243,8 @@ def test_server_lists_test_nodes_and_vaes(comfy_server: harness.ComfyServer) -> 
     all_info = comfy_server.object_info()
     assert {"LUATest_EmptyLatentForModel", "KSampler", "VAEDecode"} <= set(all_info)
     vae_names = all_info["VAELoader"]["input"]["required"]["vae_name"][0]
-    expected = {make_test_models.TAESD_4CH, make_test_models.TAESD_16CH, make_test_models.LDM_16CH}
+    expected = {make_test_models.TAESD_4CH, make_test_models.TAESD_16CH, make_test_models.LDM_16CH,
+                make_test_models.WAN21_16CH}
     assert expected <= set(vae_names)
     assert comfy_server.import_failures() == []
     assert (comfy_server.base_dir / "models" / "latent_upscale_models").is_dir()

@@ -14,9 +14,10 @@ its rules:
   workflows and serves their thumbnails.
 * **Run**: each API twin runs on CPU with the heavy loaders swapped for generated models
   (``workflow_swap.swap_heavy_loaders``), in a private server whose ``latent_upscale_models`` holds a
-  generated ``lua_flux.pth`` and a city96-format ``latent-upscaler-v2.1_SDxl-x2.0.safetensors`` under
-  the names the download entries fetch, so ``download/lua-flux`` and ``auto`` resolve offline to them
-  exactly as after a real first run; the saved images and upscaled latents have the expected sizes.
+  generated ``lua_flux.pth``, a city96-format ``latent-upscaler-v2.1_SDxl-x2.0.safetensors`` and a small
+  SesquiLSR ``upscaler_Wan21.safetensors`` (the conformance model) under the names the download entries
+  fetch, so ``download/lua-flux`` and ``auto`` resolve offline to them exactly as after a real first run;
+  the saved images and upscaled latents have the expected sizes, and ``auto`` picked the expected file.
 * **Browser** (``tests/browser/check_workflows.mjs``: headless Debian Chromium, Playwright): the real
   frontend served by the test server loads each file as a person does; no node type is missing, no
   node is flagged, no missing-nodes dialog, the missing-models dialog lists the metadata models with
@@ -61,6 +62,7 @@ BROWSER_DIR = harness.REPO_ROOT / "tests" / "browser"
 CHROMIUM = Path("/usr/bin/chromium")
 THUMB_SIZE = (512, 384)
 SDXL_X2 = "latent-upscaler-v2.1_SDxl-x2.0.safetensors"
+SESQUI_WAN21 = "upscaler_Wan21.safetensors"  # what download/sesqui-wan21 saves
 
 # What each workflow must produce after the swap (every pixel size / 8): SaveImage node -> (width, height),
 # and upscaler node -> latent shape. A new workflow must be added here.
@@ -74,6 +76,9 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "sdxl_latent_upscale_x2": {"images": {"10": (256, 256)}, "latents": {"7": [1, 4, 32, 32]}},
     "progressive_sampler": {"images": {"9": (128, 128)}, "latents": {}},
     "progressive_building_blocks": {"images": {"14": (128, 128)}, "latents": {"9": [1, 16, 16, 16]}},
+    # 1328 / 8 = 166 px -> a 20x20 latent, 5-D [B, C, T, H, W] as ComfyUI gives Qwen-Image (Wan 2.1) latents
+    "qwen_image_sesqui_x2": {"images": {"12": (320, 320)},
+                             "latents": {"8": [1, 16, 1, 20, 20], "10": [1, 16, 1, 40, 40]}},
 }
 
 # Frontend rules for the Missing Models dialog's Download button (frontend 1.32.9, MissingModelsWarning;
@@ -275,21 +280,24 @@ def test_template_listing_and_thumbnails(comfy_server: harness.ComfyServer) -> N
 @pytest.fixture(scope="module")
 def run_server(comfyui_path: Path, test_vaes: dict[str, Path],
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.ComfyServer]:
-    """A private server whose model folders hold generated stand-ins under the real names: the LUA
+    """A private server whose model folders hold small stand-ins under the real names: the LUA
     download (``lua_flux.pth``, official layout, tiny), city96 SDXL x2 (a random city96 v2.1 file; the
-    factor is in the name) and a tiny RealESRGAN-compact. Private: ``auto`` on the shared server must
-    keep seeing an empty latent_upscale_models."""
+    factor is in the name), SesquiLSR for Wan 2.1 (the conformance model, released layout, width 32)
+    and a tiny RealESRGAN-compact. Private: ``auto`` on the shared server must keep seeing an empty
+    latent_upscale_models."""
     from factories import make_lua, save_official_pth, tiny_config
 
     files = tmp_path_factory.mktemp("workflow_models")
     lua = save_official_pth(make_lua(tiny_config()), files / "lua_flux.pth")
     city96 = harness.REPO_ROOT / "tests" / "data" / "peers" / "city96" / "latent-upscaler-v2.1_SDxl-x1.5.safetensors"
+    sesqui = harness.REPO_ROOT / "tests" / "data" / "peers" / "sesqui_wan21" / SESQUI_WAN21
     esrgan = write_tiny_esrgan(files / TINY_ESRGAN_NAME)
     srv = harness.ComfyServer(tmp_path_factory.mktemp("workflows_server"), comfy_dir=comfyui_path,
                               custom_nodes={harness.TEST_PACK_INSTALL_NAME: harness.TEST_PACK_DIR,
                                             harness.PACK_INSTALL_NAME: harness.REPO_ROOT},
                               model_files={"vae": test_vaes, "upscale_models": [esrgan],
-                                           "latent_upscale_models": {"lua_flux.pth": lua, SDXL_X2: city96}})
+                                           "latent_upscale_models": {"lua_flux.pth": lua, SDXL_X2: city96,
+                                                                     SESQUI_WAN21: sesqui}})
     try:
         yield srv.start()
     finally:
@@ -323,6 +331,10 @@ def test_workflow_runs(name: str, run_server: harness.ComfyServer, record_proper
         assert abs(a["mean"] - b["mean"]) + abs(a["std"] - b["std"]) > 1e-3, (a, b)
     if name == "sdxl_latent_upscale_x2":  # auto + SDXL MODEL picked the 4-channel city96 file
         assert f"auto picked {SDXL_X2} for sdxl latents" in log, log[-3000:]
+    if name == "qwen_image_sesqui_x2":  # auto + Qwen-Image MODEL picked SesquiLSR's Wan 2.1 file (not lua_flux.pth)
+        assert f"auto picked {SESQUI_WAN21} for wan21 latents" in log, log[-3000:]
+        sampled, upscaled = infos["8"]["shape"], infos["10"]["shape"]
+        assert upscaled[:3] == sampled[:3] and upscaled[3:] == [2 * sampled[3], 2 * sampled[4]], (sampled, upscaled)
 
 
 @pytest.mark.comfyui_server

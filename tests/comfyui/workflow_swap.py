@@ -1,22 +1,23 @@
 """Turn the pack's example workflows into prompts that run on CPU in seconds, and read them strictly.
 
-Why it exists: every file in ``workflows/`` needs multi-gigabyte checkpoints (FLUX, SD3.5, SDXL, text
-encoders, VAEs, RealESRGAN). The tests must still run those exact graphs through a real ComfyUI, so
+Why it exists: every file in ``workflows/`` needs multi-gigabyte checkpoints (FLUX, SD3.5, SDXL,
+Qwen-Image, text encoders, VAEs, RealESRGAN). The tests must still run those exact graphs through a real ComfyUI, so
 this module swaps only the heavy *loaders* for generated test models and leaves every other node and
 value as the user gets it:
 
 * ``CheckpointLoaderSimple`` / ``UNETLoader`` -> ``LUATest_TinyModel`` of the checkpoint's family (its
-  ``latent_format`` and model type come from the file name: FLUX, SD3, SDXL, SD1.5); the checkpoint's
-  VAE output -> ``VAELoader`` with the random test VAE of that channel count;
+  ``latent_format`` and model type come from the file name: FLUX, SD3, SDXL, SD1.5, Qwen-Image); the
+  checkpoint's VAE output -> ``VAELoader`` with the random test VAE of that latent format;
 * text encoder loaders are dropped and ``CLIPTextEncode`` -> ``LUATest_ZeroConditioning`` (the tiny
-  model ignores conditioning); ``VAELoader`` -> the random test VAE;
+  model ignores conditioning); ``VAELoader`` -> the random test VAE of the family's latent format
+  (TAESD with 4 or 16 channels; for Qwen-Image a tiny Wan 2.1 VAE, which decodes its 5-D latents);
 * ``UpscaleModelLoader`` -> a tiny random RealESRGAN-compact file (:func:`write_tiny_esrgan`);
 * every pixel size (empty latents, ``ModelSamplingFlux``, tiled decode tiles) divided by ``shrink``.
 
-``LUA_LoadModel`` keeps its value: tests put a generated checkpoint under the name the download
-entry fetches (``lua_flux.pth``, ``latent-upscaler-v2.1_SDxl-x2.0.safetensors``) into the server's
-``latent_upscale_models``, so ``download/...`` and ``auto`` resolve to it offline, as after a real
-first run. :func:`ui_to_api` is a deliberately strict, independent reading of the UI format (the
+``LUA_LoadModel`` keeps its value: tests put a small checkpoint under the name the download entry
+fetches (``lua_flux.pth``, ``latent-upscaler-v2.1_SDxl-x2.0.safetensors``, ``upscaler_Wan21.safetensors``)
+into the server's ``latent_upscale_models``, so ``download/...`` and ``auto`` resolve to it offline, as
+after a real first run. :func:`ui_to_api` is a deliberately strict, independent reading of the UI format (the
 browser's ``app.graphToPrompt()`` is the ground truth the browser test compares against).
 
 Imported by ``test_progressive.py`` and ``test_workflows.py``; standard library only at import time.
@@ -50,7 +51,10 @@ MODEL_LOADERS = frozenset({"CheckpointLoaderSimple", "UNETLoader"})
 TEXT_ENCODER_LOADERS = frozenset({"DualCLIPLoader", "TripleCLIPLoader", "CLIPLoader"})
 PIXEL_SIZE_NODES = frozenset({"EmptySD3LatentImage", "EmptyLatentImage", "ModelSamplingFlux"})
 
-TEST_VAE = {16: "lua_test_taesd_16ch.safetensors", 4: "lua_test_taesd_4ch.safetensors"}
+# the random test VAE (tests/comfyui/make_test_models.py) that decodes each LUATest_TinyModel latent format
+TEST_VAE = {"SD15": "lua_test_taesd_4ch.safetensors", "SDXL": "lua_test_taesd_4ch.safetensors",
+            "SD3": "lua_test_taesd_16ch.safetensors", "Flux": "lua_test_taesd_16ch.safetensors",
+            "Wan21": "lua_test_wan21_vae.safetensors"}
 TINY_ESRGAN_NAME = "lua_test_realesrgan_compact_x4.safetensors"
 
 
@@ -100,6 +104,8 @@ def strip_meta(prompt: Mapping[str, Any]) -> dict:
 def family_of(filename: str) -> tuple[str, str]:
     """(``LUATest_TinyModel`` latent_format, model_type) for a checkpoint file name."""
     name = filename.lower()
+    if "qwen" in name:  # Qwen-Image: Wan 2.1 latents, flow matching
+        return "Wan21", "FLOW"
     if "flux" in name:
         return "Flux", "FLOW"
     if "sd3" in name:
@@ -122,7 +128,7 @@ def swap_heavy_loaders(prompt: Mapping[str, Any], *, shrink: int = 8, lua_name: 
                 for node in out.values() if node["class_type"] in MODEL_LOADERS}
     assert len(families) <= 1, f"one model family per workflow, got {families}"
     latent_format, model_type = families.pop() if families else ("Flux", "FLOW")
-    vae = TEST_VAE[4 if latent_format in ("SD15", "SDXL") else 16]
+    vae = TEST_VAE[latent_format]
     allowed: dict[str, set[int]] = {}  # swapped node id -> output slots that may still be used
     removed: set[str] = set()
     for node_id, node in list(out.items()):

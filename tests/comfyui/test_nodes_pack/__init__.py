@@ -78,7 +78,8 @@ class LUATestZeroConditioning:
 
 
 class LUATestEmptyLatentForModel:
-    """Empty LATENT with the MODEL's latent channel count (4 for SD15/SDXL, 16 for SD3/Flux), 1/8 size."""
+    """Empty LATENT with the MODEL's latent channel count (4 for SD15/SDXL, 16 for SD3/Flux/Wan21), 1/8 size
+    (4-D; for Wan21 KSampler adds the frame axis, as for ComfyUI's own empty latents)."""
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
