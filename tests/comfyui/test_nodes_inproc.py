@@ -317,6 +317,44 @@ def test_today_formats_read_from_model_and_auto_takes_sesquilsr(
     assert tuple(out.shape) == (*shape[:-2], 9, 8) and (out - ref).abs().max().item() <= 1e-5
 
 
+#: every family, as a file on disk (name in latent_upscale_models, how to place it), its latent and scale
+FAMILY_CASES = {
+    "lua": ("lua_flux.pth", lambda d, c: place_lua(d), "flux", 16, 2.0),
+    "city96": (SDXL_X2, lambda d, c: place_city96(d, c), "sdxl", 4, 2.0),
+    "nnlatentupscale": ("sdxl_resizer.pt",
+                        lambda d, c: shutil.copy(c("peers/nnlatentupscale") / "resizer.pt", d / "sdxl_resizer.pt"),
+                        "sdxl", 4, 1.5),
+    "lssgen": ("LSSGen-SDXL-VAE-scaler/", lambda d, c: place_lssgen(d, c), "sdxl", 4, 2.0),
+    "sesqui": ("upscaler_Flux2.safetensors",
+               lambda d, c: shutil.copy(c("peers/sesqui_flux2") / "upscaler_Flux2.safetensors", d), "flux2", 128, 1.5),
+}
+
+
+@pytest.mark.comfyui
+@pytest.mark.parametrize("family", list(FAMILY_CASES))
+@pytest.mark.parametrize("frames", [None, 2], ids=["4d", "5d"])
+def test_node_values_equal_lua_core(comfy_inproc: harness.InProcComfy, upscale_dir: Path, lua_pack: ModuleType,
+                                    conformance: Callable[[str], Path], family: str, frames: int | None) -> None:
+    """The node's output values, not only shapes: for every family, a batch of 2 (and 5-D with 2 frames), with a
+    noise_mask and batch_index, equal ``lua_core.upscale_latent`` on the same input; the mask is resized by the
+    latent's own factor and the other keys pass through."""
+    core = pack_module(lua_pack, "lua_core")
+    name, place, fmt, channels, scale = FAMILY_CASES[family]
+    place(upscale_dir, conformance)
+    handle = load(comfy_inproc, name)
+    assert handle.upscaler.family == family
+    shape = (2, channels, 7, 9) if frames is None else (2, channels, frames, 7, 9)
+    latent = torch.randn(*shape, generator=torch.Generator().manual_seed(11))
+    mask = torch.rand(2, 1, 56, 72, generator=torch.Generator().manual_seed(12))  # pixel-size mask, 8x the latent
+    out = upscale(comfy_inproc, {"samples": latent, "noise_mask": mask, "batch_index": [3, 4]}, handle, scale=scale,
+                  latent_format=fmt)
+    ref = core.upscale_latent(core.load_model(handle.info["path"]), latent, scale, latent_format=fmt)
+    assert out["samples"].shape == ref.shape and (out["samples"] - ref).abs().max().item() <= 1e-5
+    assert out["batch_index"] == [3, 4]
+    h, w = ref.shape[-2:]
+    assert tuple(out["noise_mask"].shape) == (2, 1, round(56 * h / 7), round(72 * w / 9))
+
+
 @pytest.mark.comfyui
 def test_auto_order(comfy_inproc: harness.InProcComfy, upscale_dir: Path, lua_pack: ModuleType,
                     conformance: Callable[[str], Path]) -> None:
