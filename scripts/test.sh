@@ -17,6 +17,14 @@ cd "$ROOT"
 quiet_pip() { grep -v "is ignored: it is neither a file nor a directory" >&2; }
 ./scripts/setup_env.sh 2> >(quiet_pip)
 PY=${LUA_VENV:-$ROOT/.venv}/bin/python
+# the browser tests drive Debian's chromium through playwright-core (tests/browser/package-lock.json; it
+# downloads no browser): install the npm part here when npm is there; chromium needs root, so only say how
+if [ ! -d tests/browser/node_modules ] && command -v npm >/dev/null 2>&1; then
+  (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error) \
+    || echo "[test] npm ci in tests/browser failed: the browser tests will skip (fail on CI)" >&2
+fi
+[ -x /usr/bin/chromium ] || echo "[test] /usr/bin/chromium is missing: the browser tests will skip (fail on CI);" \
+  "install it with: sudo apt-get install -y chromium" >&2
 ON_CI=${LUA_CI:-0}
 # the newest ComfyUI tested: on CI a version skip ("needs ComfyUI >= ...") fails there (tests/conftest.py)
 export LUA_NEWEST_COMFYUI=0.33.0
