@@ -20,7 +20,7 @@ Three views, from cheapest to most concrete:
    available, ComfyUI's FLUX architecture with random weights and a few blocks at the real sizes.
 
 The upscale between stages is not counted: bicubic is free, LUA costs about 0.4 s per
-512^2 -> 1024^2 on an L40S (paper), against ~20 s of FLUX sampling at 1024^2.
+512^2 -> 1024^2 on an L40S (quoted from the LUA paper, not measured here).
 """
 
 from __future__ import annotations
