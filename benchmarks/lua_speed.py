@@ -379,6 +379,21 @@ def bench_tiling(args) -> list[dict]:
                          out_std=one.std().item()))
         print(f"latent {h}x{w} tile {used} (default overlap {overlap}): max |diff| {d.max():.3f}, "
               f"mean {d.mean():.4f}, output std {one.std():.3f}")
+    # the case tests/test_lua_inference.py::test_tiles_are_deterministic_and_cover_everything pins (1.5x this)
+    from safetensors.torch import load_file
+
+    import lua_core
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import DATA, unpack_folder
+    folder = unpack_folder(DATA / "public16", Path(os.environ.get("TMPDIR", "/tmp")) / "lua_tiling" / "public16")
+    model = lua_core.load_model(folder / "weights.safetensors", device=args.device)
+    x = load_file(folder / "vectors.safetensors")["input_2"].to(args.device)
+    one = upscale_latent(model, x, 2)
+    d = (upscale_latent(model, x, 2, tile=16, overlap=8) - one).abs()
+    rows.append(dict(size=list(x.shape[-2:]), tile=16, overlap=8, max_abs=d.max().item(), mean_abs=d.mean().item(),
+                     out_std=one.std().item(), model="public16"))
+    print(f"conformance model public16, input_2 {x.shape[-2]}x{x.shape[-1]} tile 16 (default overlap 8): "
+          f"max |diff| {d.max():.3f}, mean {d.mean():.4f}, output std {one.std():.3f}")
     return rows
 
 
