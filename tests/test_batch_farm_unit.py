@@ -86,13 +86,25 @@ def test_servers_file_urls_tokens_and_comments(tmp_path: Path, monkeypatch: pyte
     ("# nothing\n\n", "lists no servers; write one URL per line"),
     ("http://a:1\nhttp://b:1 env:FARM_UNSET_VAR\n", "line 2: environment variable FARM_UNSET_VAR is not set or empty"),
     ("http://a:1 env:\n", "line 1: 'env:' names no environment variable"),
+    ("http://a:1\n\nhttp://gpu2:80x\n", "line 3: 'http://gpu2:80x' has a bad port"),
+    ("http://gpu2:99999\n", "line 1: 'http://gpu2:99999' has a bad port"),
+    ("http://gpu2:0\n", "line 1: 'http://gpu2:0' has port 0"),
+    ("http://:8188\n", "line 1: 'http://:8188' names no valid host"),
+    ("http://me:pw@gpu2:8188\n", "line 1: 'http://me:pw@gpu2:8188' holds credentials"),
+    ("http://gpu2:8188/?token=x\n", "line 1: 'http://gpu2:8188/?token=x' has a query or fragment"),
+    ("http://a:1 http://b:1\n", "line 1: the second field 'http://b:1' looks like a URL; give one server per line"),
+    ("# farm\nhttp://a:1\nhttp://b:1 # second\nHTTP://A:1/\n",
+     "server http://a:1 is given twice (FILE line 2 and FILE line 4)"),
+    ("http://a\nhttp://a:80/\n", "server http://a (= http://a:80) is given twice (FILE line 1 and FILE line 2)"),
 ])
 def test_servers_file_errors_name_the_line_and_the_fix(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "servers.txt"
     path.write_text(text)
     with pytest.raises(BatchError) as err:
-        read_servers_file(path)
-    assert f"--servers {path}" in str(err.value) and message in str(err.value)
+        server_specs([], path)
+    text = str(err.value)
+    assert (f"--servers {path}" in text or "given twice" in text) and message.replace("FILE", str(path)) in text
+    assert "\n" not in text, "one line naming the line and the value"
 
 
 def test_server_list_defaults_and_duplicates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,6 +119,10 @@ def test_server_list_defaults_and_duplicates(tmp_path: Path, monkeypatch: pytest
         server_specs(["http://a:1"], tmp_path / "s.txt")
     with pytest.raises(BatchError, match="--server: 'ftp://x' is not a server URL"):
         server_specs(["ftp://x"])
+    with pytest.raises(BatchError, match=r"--server: 'http://h:1#f' has a query or fragment"):
+        server_specs(["http://h:1#f"])
+    assert [s.url for s in server_specs(["http://[::1]:8188/comfy/", "https://h"])] == ["http://[::1]:8188/comfy",
+                                                                                        "https://h"]
     with pytest.raises(BatchError, match="cannot read it"):
         server_specs([], tmp_path / "missing.txt")
 
