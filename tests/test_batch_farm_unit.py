@@ -16,13 +16,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from lua_core.batch import ComfyClient
-from lua_core.batch.capability import nowhere_error, prompt_problems
+from lua_core.batch.capability import fit, nowhere_error, prompt_problems
 from lua_core.batch.errors import BatchError
 from lua_core.batch.farm import Book, StagedFile
 from lua_core.batch.jobs import Job
@@ -174,7 +175,8 @@ def test_a_job_valid_nowhere_says_what_each_server_lacks() -> None:
     error = nowhere_error({A: prompt_problems(bad, INFO), B: prompt_problems(bad, {})})
     assert error["kind"] == "validation" and error["type"] == "validates_nowhere"
     text = describe_error(error)
-    assert text.splitlines()[0].startswith("no server can run this job (checked against the /object_info of 2 servers)")
+    assert text.splitlines()[0].startswith("no server can run this job (2 servers checked, by their /object_info or "
+                                           "by sending it)")
     assert f"on {A}: #3 'Load VAE' (VAELoader) input 'vae_name': 'gone.safetensors' is not among" in text
     assert f"on {B}: #1 (EmptyLatentImage): node class 'EmptyLatentImage' is not installed" in text
 
@@ -273,6 +275,7 @@ class FakeWorker:
     releasing: dict = field(default_factory=dict)
     expecting: int = 0
     state: str = "up"
+    away_since: float | None = None
     woken: int = 0
 
     def ready(self) -> bool:
@@ -283,6 +286,9 @@ class FakeWorker:
 
     def problems(self, job: Job) -> list | None:
         return None if self.info is None else prompt_problems(job.prompt, self.info)
+
+    def fit(self, job: Job) -> str | None:
+        return fit(self.problems(job))
 
     def assign(self, job: Job) -> None:
         self.inbox.append(job)
@@ -326,10 +332,45 @@ def test_jobs_go_only_where_they_validate_and_wait_for_unknown_servers(tmp_path:
     b.info = INFO
     runner._place_nowhere()
     runner._assign()
-    assert [j.index for j in b.inbox] == [1, 2] and not a.inbox
+    assert [j.index for j in b.inbox] == [1, 2], "clean on b: b gets them, never the doubtful a"
+    assert [j.index for j in a.inbox] == [1], "clean nowhere: a doubtful server's own validation decides"
+    assert not list(runner.book.manifest.rows())
+    nowhere = a.inbox.popleft()
+    refusal = {"kind": "validation", "type": "prompt_outputs_failed_validation", "message": "failed", "details": "",
+               "nodes": [{"node_id": "3", "title": "Load VAE", "class_type": "VAELoader", "input": "vae_name",
+                          "type": "value_not_in_list", "message": "Value not in list", "details": "",
+                          "received": "nowhere.safetensors"}]}
+    runner.book.rejections[nowhere.key] = {A: refusal}
+    runner.book.pending.append(nowhere)
+    runner._place_nowhere()
+    assert list(runner.book.pending) == [nowhere], "b has not refused it: not a verdict yet"
+    b.inbox.clear()
+    runner._assign()
+    assert list(b.inbox) == [nowhere] and not a.inbox, "a refused it: only b is tried"
+    runner.book.rejections[nowhere.key][B] = refusal
+    runner.book.pending.append(b.inbox.popleft())
+    runner._place_nowhere()
     (row,) = runner.book.manifest.rows()
     assert row["status"] == "invalid" and row["server"] is None and row["error"]["type"] == "validates_nowhere"
-    assert {i["server"] for i in row["error"]["nodes"]} == {A, B}
+    assert [(i["server"], i["type"]) for i in row["error"]["nodes"]] == [(A, "value_not_in_list"),
+                                                                       (B, "value_not_in_list")]
+
+
+def test_only_a_missing_node_is_a_veto_not_a_value_a_node_may_validate_itself(tmp_path: Path) -> None:
+    """LoadImage's list is the input folder, but its VALIDATE_INPUTS also accepts "x.png [output]" (and
+    /object_info cannot tell which nodes do that): such a value is left to the server, a missing node is not."""
+    load = {"1": {"class_type": "LoadImage", "inputs": {"image": "render_00001_.png [output]"}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+    (item,) = prompt_problems(load, INFO)
+    assert item["type"] == "value_not_in_list" and fit([item]) == "doubtful"
+    assert fit(prompt_problems(load, {k: v for k, v in INFO.items() if k != "LoadImage"})) == "no"
+    runner, (a, b) = dispatcher(tmp_path, [INFO, {k: v for k, v in INFO.items() if k != "LoadImage"}])
+    job = Job(index=1, params={}, prompt=load)
+    runner.book.pending.append(job)
+    runner._place_nowhere()
+    runner._assign()
+    assert list(a.inbox) == [job] and not b.inbox and not list(runner.book.manifest.rows()), \
+        "sent where only the server can decide, never where the node is missing"
 
 
 def test_an_idle_server_takes_the_last_job_waiting_on_the_slowest(tmp_path: Path) -> None:
@@ -345,6 +386,77 @@ def test_an_idle_server_takes_the_last_job_waiting_on_the_slowest(tmp_path: Path
     assert not a.releasing, "one job at a time for an idle server"
     runner._assign()
     assert len(b.releasing) == 1, "asked once"
+
+
+def test_an_away_server_hands_over_each_job_another_server_can_run_and_keeps_the_others(tmp_path: Path) -> None:
+    """Per job: a's running, queued and just-sent jobs that b can run move (once each, retired on a);
+    one that only a can run stays with a, which may come back, until a server that can run it is ready."""
+    without = {k: v for k, v in INFO.items() if k != "LUATest_Sleep"}
+    runner, (a, b) = dispatcher(tmp_path, [INFO, without])
+    book_ = runner.book
+    js = jobs(4)
+    js[1] = Job(index=2, params={"w": 2}, prompt={**prompt(), "6": {"class_type": "LUATest_Sleep",
+                                                                     "inputs": {"samples": ["1", 0], "seconds": 1}}})
+    running, only_a, queued, sent = [book_.begin(A, j) for j in js]
+    running.uncertain = only_a.uncertain = queued.uncertain = False
+    running.running_since = 1.0  # `sent`: its POST had no answer yet (uncertain)
+    a.state, a.away_since = "away", time.monotonic() - 100
+    runner._move_off_away()
+    assert [j.index for j in book_.pending] == [1, 3, 4], "each job b can run moved, first in line, in job order"
+    assert book_.held(A) == [only_a], "the job only a can run stays with a"
+    assert set(book_.retired) == {running.prompt_id, queued.prompt_id, sent.prompt_id}
+    runner._move_off_away()
+    assert [j.index for j in book_.pending] == [1, 3, 4] and book_.stats[A].moved_away == 3, "moved once"
+    assert book_.moved_from == {js[0].key: [A], js[2].key: [A], js[3].key: [A]}
+    assert "moving 3 of its 4 jobs (1, 3, 4) to the other servers (the 1 that no server up can run stays)" in \
+        book_.said[-1]
+    b.info = INFO  # b's node list read again: it now has the node
+    runner._move_off_away()
+    assert [j.index for j in book_.pending] == [2, 1, 3, 4] and not book_.held(A)
+
+
+def test_a_job_handed_to_an_idle_server_is_not_handed_back(tmp_path: Path) -> None:
+    """No ping-pong: b took job 2 from a's queue; when a falls idle while job 2 still waits on b, a does
+    not take it back (that would re-queue it at the end each time, and again)."""
+    runner, (a, b) = dispatcher(tmp_path, [INFO, INFO])
+    book_ = runner.book
+    first, second = [book_.begin(A, j) for j in jobs(2)]
+    first.uncertain = second.uncertain = False
+    first.running_since = 1.0
+    runner._assign()
+    assert a.releasing == {second.prompt_id: b}
+    assert book_.take_back(second)  # what a's worker does once the prompt is deleted from a's queue
+    a.releasing.clear()
+    b.expecting = 0
+    again = book_.begin(B, second.job)
+    again.uncertain = False  # queued on b, not started yet (b got a prompt of someone else in front)
+    assert book_.record(first, "success")
+    runner._assign()
+    assert not b.releasing and not a.expecting, "job 2 was handed over once: it stays on b"
+    third = book_.begin(B, jobs(3)[2])
+    third.uncertain = False
+    runner._assign()
+    assert b.releasing == {third.prompt_id: a}, "another waiting job may still go to the idle server"
+
+
+def test_the_first_server_ready_takes_its_share_not_the_whole_batch(tmp_path: Path) -> None:
+    """--in-flight 8, 12 jobs, three servers answering one after the other: each gets 4, not 8/4/0."""
+    runner, (a, b, c) = dispatcher(tmp_path, [INFO, None, None], in_flight=8)
+    b.state = c.state = "new"
+    runner.book.pending.extend(jobs(12))
+    runner._assign()
+    assert [len(w.inbox) for w in (a, b, c)] == [4, 0, 0], "b and c have not answered yet: a takes a third"
+    b.state, b.info = "up", INFO
+    runner._assign()
+    assert [len(w.inbox) for w in (a, b, c)] == [4, 4, 0]
+    c.state = "away"  # c turned out to be down: the others share the rest
+    runner._assign()
+    assert [len(w.inbox) for w in (a, b, c)] == [6, 6, 0]
+    c.state, c.info = "up", INFO
+    a.inbox.clear()
+    runner.book.pending.extend(jobs(12)[:6])
+    runner._assign()
+    assert [len(w.inbox) for w in (a, b, c)] == [3, 6, 3], "every server answered: up to --in-flight each"
 
 
 def test_server_line_shows_done_running_queued_and_rate(tmp_path: Path) -> None:
@@ -371,3 +483,21 @@ def test_progress_shows_one_line_per_server_and_no_job_bars_on_a_terminal() -> N
     one.job_started("k", "1 seed=1", 5)
     one.close()
     assert "0/5 nodes" in single.getvalue(), "one server keeps its per-job bars"
+
+
+@pytest.mark.parametrize(("error", "node_errors", "elsewhere"), [
+    ({"type": "missing_node_type", "message": "Node 'X' not found. The custom node may not be installed.",
+      "extra_info": {"class_type": "X"}}, {}, True),  # ComfyUI 0.33
+    ({"type": "invalid_prompt", "message": "Cannot execute because node X does not exist."}, {}, True),  # 0.3.75
+    ({"type": "missing_node_type", "message": "Node 'ID #3' has no class_type.", "extra_info": {"class_type": None}},
+     {}, False),  # a broken prompt, the same everywhere
+    ({"type": "prompt_outputs_failed_validation"}, {"7": {"errors": [{"type": "custom_validation_failed"}]}}, True),
+    ({"type": "prompt_outputs_failed_validation"}, {"7": {"errors": [{"type": "value_not_in_list"}]}}, True),
+    ({"type": "prompt_outputs_failed_validation"}, {"7": {"errors": [{"type": "value_bigger_than_max"}]}}, False),
+    ({"type": "prompt_no_outputs"}, {}, False),
+])
+def test_which_refusals_mean_try_another_server(error: dict, node_errors: dict, elsewhere: bool) -> None:
+    from lua_core.batch.errors import PromptRejected
+    from lua_core.batch.worker import _may_validate_elsewhere
+
+    assert _may_validate_elsewhere(PromptRejected(error, node_errors)) is elsewhere

@@ -126,6 +126,7 @@ class Book:
         self.attempts: dict[str, int] = {}
         self.moved_from: dict[str, list[str]] = {}
         self.rejections: dict[str, dict[str, dict]] = {}  # job key -> {server: validation error}
+        self.handed: set[str] = set()  # keys of jobs handed over to an idle server once (not again)
         self.rows: list[dict[str, Any]] = []
         self.stopping = False  # Ctrl-C: workers cancel this client's prompts and stop
         self.finished = False  # the run is over: workers stop
@@ -253,15 +254,22 @@ class Book:
             self.say(message)
         return True
 
-    def move_away(self, server: str, why: str) -> list[Attempt]:
-        """Retire every current attempt on ``server`` and put its jobs first in line for the others."""
+    def move_away(self, server: str, why: str, attempts: list[Attempt] | None = None) -> list[Attempt]:
+        """Retire ``attempts`` (default: every current attempt on ``server``), each one only if it is still
+        its job's current attempt there, and put their jobs first in line for the other servers."""
         with self.lock:
-            moved = self.held(server)
+            moved = sorted((a for a in (self.held(server) if attempts is None else attempts)
+                            if a.server == server and self.owns(a)), key=lambda a: a.job.index)
             if not moved:
                 return []
             names = ", ".join(str(a.job.index) for a in moved)
-            self.say(f"{why}: moving its {len(moved)} job{'s' if len(moved) > 1 else ''} ({names}) to the other "
-                     "servers; a late result from it will be dropped")
+            total = len(self.held(server))
+            what = (f"its {total} job{'s' if total > 1 else ''}" if total == len(moved) else
+                    f"{len(moved)} of its {total} jobs")
+            stay = total - len(moved)
+            kept = f" (the {stay} that no server up can run stay{'s' if stay == 1 else ''})" if stay else ""
+            self.say(f"{why}: moving {what} ({names}) to the other servers{kept}; a late result from it will be "
+                     "dropped")
             for attempt in moved:
                 self._drop(attempt)
                 self.retired[attempt.prompt_id] = attempt
@@ -274,6 +282,13 @@ class Book:
     def retired_on(self, server: str) -> list[Attempt]:
         with self.lock:
             return [a for a in self.retired.values() if a.server == server]
+
+    def forget_rejections(self, server: str) -> None:
+        """``server`` came back and its node list was read again: its earlier refusals no longer hold."""
+        with self.lock:
+            for refused in self.rejections.values():
+                refused.pop(server, None)
+            self.changed.set()
 
     def forget_retired(self, prompt_id: str) -> None:
         with self.lock:
@@ -301,6 +316,7 @@ class Book:
                 return False
             self._drop(attempt)
             self.attempts[attempt.job.key] -= 1
+            self.handed.add(attempt.job.key)
             return True
 
     def fail_unsent(self, job: Job, error: dict) -> None:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .capability import prompt_problems
+from .capability import fit, prompt_problems
 from .client import ComfyClient
 from .errors import PromptRejected, RequestError, ServerUnreachable
 from .events import EventPump
@@ -97,6 +97,10 @@ class ServerWorker(threading.Thread):
         if job.key not in self._problems:
             self._problems[job.key] = prompt_problems(job.prompt, info)
         return self._problems[job.key]
+
+    def fit(self, job: Job) -> str | None:
+        """``"yes"``, ``"doubtful"`` or ``"no"`` (:func:`~lua_core.batch.capability.fit`); None while unknown."""
+        return fit(self.problems(job))
 
     def assign(self, job: Job) -> None:
         """Give the worker a job to send (the caller holds ``book.lock``)."""
@@ -224,7 +228,7 @@ class ServerWorker(threading.Thread):
                                         extra_data=self.opts.extra_data)
         except PromptRejected as err:
             error = rejection_error(err, job.prompt)
-            elsewhere = self.book.farm and _lacks_node_or_model(err)
+            elsewhere = self.book.farm and _may_validate_elsewhere(err)
             if elsewhere:
                 self._say(f"job {job.index} ({job.label}) refused by {self.the_server} "
                           f"({describe_error(error).splitlines()[-1].strip()}); trying the other servers")
@@ -532,10 +536,18 @@ class ServerWorker(threading.Thread):
                   f"{self.the_server} dropped (the job was moved to another server)")
 
 
-def _lacks_node_or_model(err: PromptRejected) -> bool:
-    """Whether a 400 says this server lacks a node or a model (another server may have it)."""
+# node-error types that depend on what the server has (its files, its nodes), not on the prompt alone
+_PER_SERVER = frozenset({"value_not_in_list", "custom_validation_failed"})
+
+
+def _may_validate_elsewhere(err: PromptRejected) -> bool:
+    """Whether a 400 may be this server's own (a node, a model or an input file it lacks, or a node's
+    ``VALIDATE_INPUTS`` refusing a value) so another server may accept the job. Errors in the prompt
+    itself (a value out of range, a missing input, no output node) are the same everywhere."""
     top = err.error or {}
+    if top.get("type") == "missing_node_type" and (top.get("extra_info") or {}).get("class_type"):
+        return True  # ComfyUI 0.33: "Node 'X' not found. The custom node may not be installed."
     if top.get("type") == "invalid_prompt" and "does not exist" in str(top.get("message", "")):
-        return True
-    return any(e.get("type") == "value_not_in_list"
+        return True  # ComfyUI 0.3.75: "Cannot execute because node X does not exist."
+    return any(e.get("type") in _PER_SERVER
                for info in (err.node_errors or {}).values() for e in (info or {}).get("errors") or [])
