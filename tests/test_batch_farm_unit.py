@@ -141,6 +141,7 @@ def test_cli_refuses_bad_farm_options_before_contacting_anything(tmp_path: Path)
         (["--servers", str(tmp_path / "none.txt")], f"error: --servers {tmp_path / 'none.txt'}: cannot read it"),
         (["--server", "http://a:1", "--server", "http://a:1/"], "error: server http://a:1 is given twice"),
         (["--move-after", "-1"], "error: --move-after must be 0 or more seconds, got -1"),
+        (["--stall-after", "-5"], "error: --stall-after must be 0 (never) or more seconds, got -5"),
         (["--in-flight", "0"], "error: --in-flight must be at least 1, got 0"),
         (["--server-wait", "0"], "error: --server-wait must be a positive number of seconds, got 0"),
     ]:
@@ -501,3 +502,170 @@ def test_which_refusals_mean_try_another_server(error: dict, node_errors: dict, 
     from lua_core.batch.worker import _may_validate_elsewhere
 
     assert _may_validate_elsewhere(PromptRejected(error, node_errors)) is elsewhere
+
+
+# --------------------------------------------------------------------------------------------------
+# A server's worker, driven by hand against a stand-in client (no thread, no server)
+# --------------------------------------------------------------------------------------------------
+
+
+class FakeClient:
+    """What a worker asks of a ComfyUI server: a queue, a history, and the requests it was sent."""
+
+    def __init__(self, url: str, info: dict | None = None) -> None:
+        self.base_url, self.timeout = url, 30.0
+        self.running: list[str] = []
+        self.pending: list[str] = []
+        self.entries: dict[str, dict] = {}
+        self.info = info if info is not None else INFO
+        self.calls: list[tuple] = []
+
+    def queue(self) -> dict:
+        return {"queue_running": [[0, p] for p in self.running], "queue_pending": [[1, p] for p in self.pending]}
+
+    def queue_ids(self) -> tuple[list[str], list[str]]:
+        return list(self.running), list(self.pending)
+
+    def history(self, prompt_id: str) -> dict | None:
+        return self.entries.get(prompt_id)
+
+    def object_info(self) -> dict:
+        self.calls.append(("object_info",))
+        return self.info
+
+    def delete_queued(self, ids: list[str]) -> None:
+        self.calls.append(("delete", tuple(ids)))
+        self.pending = [p for p in self.pending if p not in ids]
+
+    def interrupt(self, prompt_id: str) -> None:
+        self.calls.append(("interrupt", prompt_id))
+
+
+def worker(b: Book, url: str, client: FakeClient | None = None, **opts: object) -> object:
+    from lua_core.batch.worker import UP, ServerWorker
+
+    w = ServerWorker(client or FakeClient(url), b, RunOptions(use_ws=False, **opts), order=0, precheck=True,
+                     info=INFO)
+    w.state, w.was_up = UP, True
+    return w
+
+
+SUCCESS = {"status": {"status_str": "success", "completed": True, "messages": []}, "outputs": {}}
+
+
+def test_a_retired_prompt_stays_retired_when_it_shows_up_again(tmp_path: Path) -> None:
+    """A send to a frozen server lands when it thaws, after the job moved and the prompt was looked up
+    and found nowhere: it is deleted (queued) or interrupted (running) again, its result is dropped,
+    said once, and no row or file is written for it."""
+    b = book(tmp_path)
+    w = worker(b, A)
+    (job,) = jobs(1)
+    first = b.begin(A, job)
+    first.uncertain = False
+    b.move_away(A, "server a has not answered for 30s")
+    w._reconcile()  # not queued, not running, no history: settled, still retired
+    assert first.prompt_id in b.retired and first.settled
+    w.client.pending = [first.prompt_id]  # it shows up again
+    w._reconcile()
+    assert ("delete", (first.prompt_id,)) in w.client.calls
+    w.client.running = [first.prompt_id]
+    w._reconcile()
+    assert ("interrupt", first.prompt_id) in w.client.calls
+    w.client.running, w.client.entries[first.prompt_id] = [], SUCCESS
+    first.settled = False  # left the queue: its history is read once more
+    w._reconcile()
+    w._complete(first, SUCCESS)  # a history poll of the same prompt
+    w._reconcile()
+    assert sum("late result of prompt" in line for line in b.said) == 1, b.said
+    assert not list(b.manifest.rows()) and not (tmp_path / "out" / job.folder).exists()
+    assert first.prompt_id in b.retired, "retired for the whole run"
+
+
+def test_a_server_that_comes_back_is_rechecked_and_its_old_refusals_forgotten(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    no_4ch = copy.deepcopy(INFO)
+    no_4ch["VAELoader"]["input"]["required"]["vae_name"][0].remove("lua_test_taesd_4ch.safetensors")
+    w = worker(b, A, FakeClient(A, INFO))
+    w.info = no_4ch
+    (job,) = jobs(1)
+    assert w.fit(job) == "doubtful"
+    b.rejections[job.key] = {A: {"kind": "validation"}, B: {"kind": "validation"}}
+    w._went_away(RuntimeError("connection refused"))
+    assert not w.ready()
+    w._probe()
+    assert ("object_info",) in w.client.calls and w.ready() and w.fit(job) == "yes", "node list read again"
+    assert b.rejections[job.key] == {B: {"kind": "validation"}}, "its refusals from before went with its old list"
+
+
+def test_disabling_a_server_touches_no_prompt_and_calls_off_its_hand_overs(tmp_path: Path) -> None:
+    from lua_core.batch.worker import DISABLED
+
+    b = book(tmp_path, (A, B, C))
+    a, idle, c = worker(b, A), worker(b, B), worker(b, C)
+    mine = b.begin(A, jobs(1)[0])
+    mine.uncertain = False
+    a.client.pending = [mine.prompt_id, "someone-elses"]
+    a.releasing[mine.prompt_id] = idle
+    idle.expecting = 1
+    to_c = b.begin(B, jobs(2)[1])
+    to_c.uncertain = False
+    idle.client.pending = [to_c.prompt_id]
+    idle.releasing[to_c.prompt_id] = c  # c asked for a job waiting on b; then c is disabled
+    c.expecting = 1
+    a._disable(RuntimeError("HTTP 401"))
+    assert a.state == DISABLED and not a.releasing and idle.expecting == 0, "a's hand-over is called off"
+    c._disable(RuntimeError("HTTP 401"))
+    idle._release()
+    assert not idle.releasing and c.expecting == 0 and b.owns(to_c), "nothing handed to a server out of the run"
+    assert not [call for w in (a, idle, c) for call in w.client.calls if call[0] in ("delete", "interrupt")]
+    assert b.owns(mine) and "someone-elses" in a.client.pending
+
+
+def test_a_server_whose_queue_does_not_move_is_stuck_and_recovers(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    w = worker(b, A, stall_after=60.0)
+    running, queued = [b.begin(A, j) for j in jobs(2)]
+    w.client.running, w.client.pending = ["someone-elses"], [running.prompt_id, queued.prompt_id]
+    w._reconcile()
+    assert w.state == "up"
+    w.advanced_at -= 61  # a minute later, the same prompt still running and no event of ours
+    w._reconcile()
+    assert w.state == "stuck" and not w.ready() and "its executor looks stuck" in b.said[-1], b.said
+    assert b.stats[A].times_away == 1
+    w._reconcile()
+    assert w.state == "stuck", "still the same prompt running"
+    w.client.running = [running.prompt_id]  # the queue moved
+    w.client.pending = [queued.prompt_id]
+    w._reconcile()
+    assert w.state == "up" and "moves again" in b.said[-1]
+
+
+def test_the_dispatcher_moves_the_jobs_of_a_stuck_server(tmp_path: Path) -> None:
+    runner, (a, b) = dispatcher(tmp_path, [INFO, INFO])
+    held = [runner.book.begin(A, j) for j in jobs(2)]
+    a.state, a.away_since = "stuck", time.monotonic() - 31
+    a.advanced_at = time.monotonic() - 700
+    runner._move_off_away()
+    assert not runner.book.held(A) and set(runner.book.retired) == {h.prompt_id for h in held}
+    assert "queue has not moved for 700s" in runner.book.said[-1]
+
+
+def test_a_resumed_run_writes_no_row_for_what_it_only_looked_up(tmp_path: Path) -> None:
+    """A killed client's journal: job 1's prompt (its 3rd send) is gone from its server, job 2's error row
+    was written before the kill. The re-run sends job 1 again (this run's --max-attempts is its own) and
+    runs job 2 again: no false 'lost' row, no second row for job 2's old prompt."""
+    runner, (a, b) = dispatcher(tmp_path, [INFO, INFO])
+    book_ = runner.book
+    one, two = jobs(2)
+    journal = book_.manifest.journal
+    journal.append({"key": one.key, "prompt_id": "p-one", "client_id": "me", "server": A, "attempt": 3})
+    journal.append({"key": two.key, "prompt_id": "p-two", "client_id": "me", "server": B, "attempt": 1})
+    book_.manifest.append({"key": two.key, "index": 2, "status": "error", "prompt_id": "p-two"})
+    runner._adopt([one, two], journal.latest(), book_.manifest.latest())
+    assert [att.prompt_id for att in book_.held(A)] == ["p-one"] and list(book_.pending) == [two]
+    (adopted,) = book_.held(A)
+    book_.lost([adopted], lambda att: "")
+    assert [j.index for j in book_.pending] == [1, 2], "sent again"
+    assert [r["status"] for r in book_.manifest.rows()] == ["error"], "no row written by the re-run"
+    again = book_.begin(B, book_.pending.popleft())
+    assert again.attempt == 4

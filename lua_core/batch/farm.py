@@ -58,6 +58,8 @@ class Attempt:
     entry: dict | None = None  # a finished history entry whose downloads still have to complete
     timed_out: bool = False
     interrupt_sent: bool = False  # retired and still running on its server: interrupted
+    settled: bool = False  # retired, and seen neither queued nor running (its history read): not looked up again
+    drop_said: bool = False  # its late result was reported as dropped (once)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -124,6 +126,7 @@ class Book:
         self.by_pid: dict[str, Attempt] = {}
         self.retired: dict[str, Attempt] = {}  # prompt id -> attempt moved off its server
         self.attempts: dict[str, int] = {}
+        self.base: dict[str, int] = {}  # job key -> attempts made by earlier runs (this run has its own budget)
         self.moved_from: dict[str, list[str]] = {}
         self.rejections: dict[str, dict[str, dict]] = {}  # job key -> {server: validation error}
         self.handed: set[str] = set()  # keys of jobs handed over to an idle server once (not again)
@@ -152,10 +155,12 @@ class Book:
             return attempt
 
     def adopt(self, server: str, job: Job, row: dict[str, Any]) -> Attempt:
-        """An attempt an earlier run journaled: looked up on ``server`` before anything is re-sent."""
+        """An attempt an earlier run journaled: looked up on ``server`` before anything is re-sent. It does
+        not use up this run's ``max_attempts``: a killed client's prompt that is gone is sent again, never
+        written off as ``lost`` by the run that only looked it up."""
         with self.lock:
             number = int(row.get("attempt") or 1)
-            self.attempts[job.key] = number
+            self.attempts[job.key] = self.base[job.key] = number
             attempt = Attempt(job, str(row["prompt_id"]), number, server, sent_at=time.monotonic() - 1e9,
                               sent_wall=float(row.get("time") or time.time()))
             self._hold(attempt)
@@ -245,7 +250,7 @@ class Book:
     def _again(self, attempt: Attempt, message: str, why_not: str) -> bool:
         """Whether ``attempt``'s job may be sent again; if not, its ``lost`` row is written."""
         job = attempt.job
-        if attempt.attempt >= self.max_attempts:
+        if attempt.attempt - self.base.get(job.key, 0) >= self.max_attempts:
             self.say(f"job {job.index} ({job.label}) {why_not}; giving up on it")
             self._write_row(attempt, "lost", error={"kind": "lost", "message": f"sent {attempt.attempt} times "
                                                     f"(--max-attempts), {why_not}"})

@@ -49,7 +49,7 @@ from .manifest import DONE, Manifest
 from .outcome import describe_error
 from .progress import Progress
 from .servers import normalize_url, short_name
-from .worker import AWAY, DISABLED, NEW, UP, ServerWorker
+from .worker import AWAY, DISABLED, NEW, STUCK, UP, ServerWorker
 
 
 @dataclass
@@ -62,6 +62,7 @@ class RunOptions:
     ws_check_interval: float = 5.0  # safety-net /queue checks while the websocket is up
     server_wait: float = 600.0  # give up when no usable server answered this long (--server-wait)
     move_after: float = 30.0  # several servers: move the jobs of a server away this long (--move-after)
+    stall_after: float | None = 600.0  # a queue that has not moved this long: the executor is stuck (--stall-after)
     max_attempts: int = 3  # sends per job when servers lose it (--max-attempts)
     lost_grace: float | None = None  # seconds before an unanswered send may be declared lost (timeout + 5)
     job_timeout: float | None = None  # interrupt a prompt running longer than this (--job-timeout)
@@ -163,7 +164,7 @@ class BatchRunner:
             if skipped:
                 self._say(f"{skipped} of {len(self.jobs)} jobs already done (manifest {self.manifest.path}); "
                           "skipping them")
-            self._adopt(todo, sent)
+            self._adopt(todo, sent, latest)
             previous = self._install_sigint()
             clean_exit = False
             try:
@@ -203,15 +204,24 @@ class BatchRunner:
         folder = self.out_dir / str(row.get("output_dir", ""))
         return all((folder / name).is_file() for name in row.get("outputs") or [])  # re-run if files were deleted
 
-    def _adopt(self, todo: list[Job], sent: dict[str, dict[str, Any]]) -> None:
+    def _adopt(self, todo: list[Job], sent: dict[str, dict[str, Any]],
+               latest: Mapping[str, dict[str, Any]] | None = None) -> None:
         """Jobs an earlier run journaled are looked up on the server they were sent to, not sent again.
 
         A job journaled on a server that is not in this run's list is sent again (with one server, it is
-        looked up there: the same server may be spelled differently, ``localhost`` or ``127.0.0.1``)."""
+        looked up there: the same server may be spelled differently, ``localhost`` or ``127.0.0.1``).
+        A journaled prompt whose outcome the manifest already holds (an error row written before the
+        client was killed) is not looked up again, which would write that row a second time: the job is
+        run again like any unfinished one."""
         by_url = {normalize_url(w.url): w for w in self.workers}
         adopted = 0
         for job in todo:
             row = sent.get(job.key)
+            done = (latest or {}).get(job.key)
+            if row is not None and done is not None and done.get("prompt_id") == row.get("prompt_id"):
+                self.book.attempts[job.key] = self.book.base[job.key] = int(row.get("attempt") or 1)
+                self.book.pending.append(job)
+                continue
             worker = None if row is None else by_url.get(normalize_url(str(row.get("server") or "")))
             if row is not None and worker is None and len(self.workers) == 1:
                 worker = self.workers[0]
@@ -220,7 +230,7 @@ class BatchRunner:
                     self._say(f"job {job.index} ({job.label}) was sent to {row.get('server')} by an earlier run; that "
                               "server is not in this run's list, so the job is sent again (a result there is not "
                               "collected)")
-                    self.book.attempts[job.key] = int(row.get("attempt") or 1)
+                    self.book.attempts[job.key] = self.book.base[job.key] = int(row.get("attempt") or 1)
                 self.book.pending.append(job)
                 continue
             self.book.adopt(worker.url, job, row)
@@ -387,6 +397,9 @@ class BatchRunner:
             elif worker.state == AWAY and worker.away_since is not None and now - worker.away_since >= \
                     self.opts.move_after:
                 why = f"server {short_name(worker.url)} has not answered for {now - worker.away_since:.0f}s"
+            elif worker.state == STUCK and worker.away_since is not None and now - worker.away_since >= \
+                    self.opts.move_after:
+                why = f"server {short_name(worker.url)}'s queue has not moved for {now - worker.advanced_at:.0f}s"
             else:
                 continue
             others = [w for w in self.workers if w is not worker and w.ready()]
