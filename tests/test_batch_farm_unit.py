@@ -16,13 +16,14 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from lua_core.batch import ComfyClient
-from lua_core.batch.capability import nowhere_error, prompt_problems
+from lua_core.batch.capability import fit, nowhere_error, prompt_problems
 from lua_core.batch.errors import BatchError
 from lua_core.batch.farm import Book, StagedFile
 from lua_core.batch.jobs import Job
@@ -86,13 +87,25 @@ def test_servers_file_urls_tokens_and_comments(tmp_path: Path, monkeypatch: pyte
     ("# nothing\n\n", "lists no servers; write one URL per line"),
     ("http://a:1\nhttp://b:1 env:FARM_UNSET_VAR\n", "line 2: environment variable FARM_UNSET_VAR is not set or empty"),
     ("http://a:1 env:\n", "line 1: 'env:' names no environment variable"),
+    ("http://a:1\n\nhttp://gpu2:80x\n", "line 3: 'http://gpu2:80x' has a bad port"),
+    ("http://gpu2:99999\n", "line 1: 'http://gpu2:99999' has a bad port"),
+    ("http://gpu2:0\n", "line 1: 'http://gpu2:0' has port 0"),
+    ("http://:8188\n", "line 1: 'http://:8188' names no valid host"),
+    ("http://me:pw@gpu2:8188\n", "line 1: 'http://me:pw@gpu2:8188' holds credentials"),
+    ("http://gpu2:8188/?token=x\n", "line 1: 'http://gpu2:8188/?token=x' has a query or fragment"),
+    ("http://a:1 http://b:1\n", "line 1: the second field 'http://b:1' looks like a URL; give one server per line"),
+    ("# farm\nhttp://a:1\nhttp://b:1 # second\nHTTP://A:1/\n",
+     "server http://a:1 is given twice (FILE line 2 and FILE line 4)"),
+    ("http://a\nhttp://a:80/\n", "server http://a (= http://a:80) is given twice (FILE line 1 and FILE line 2)"),
 ])
 def test_servers_file_errors_name_the_line_and_the_fix(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "servers.txt"
     path.write_text(text)
     with pytest.raises(BatchError) as err:
-        read_servers_file(path)
-    assert f"--servers {path}" in str(err.value) and message in str(err.value)
+        server_specs([], path)
+    text = str(err.value)
+    assert (f"--servers {path}" in text or "given twice" in text) and message.replace("FILE", str(path)) in text
+    assert "\n" not in text, "one line naming the line and the value"
 
 
 def test_server_list_defaults_and_duplicates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,6 +120,10 @@ def test_server_list_defaults_and_duplicates(tmp_path: Path, monkeypatch: pytest
         server_specs(["http://a:1"], tmp_path / "s.txt")
     with pytest.raises(BatchError, match="--server: 'ftp://x' is not a server URL"):
         server_specs(["ftp://x"])
+    with pytest.raises(BatchError, match=r"--server: 'http://h:1#f' has a query or fragment"):
+        server_specs(["http://h:1#f"])
+    assert [s.url for s in server_specs(["http://[::1]:8188/comfy/", "https://h"])] == ["http://[::1]:8188/comfy",
+                                                                                        "https://h"]
     with pytest.raises(BatchError, match="cannot read it"):
         server_specs([], tmp_path / "missing.txt")
 
@@ -124,6 +141,7 @@ def test_cli_refuses_bad_farm_options_before_contacting_anything(tmp_path: Path)
         (["--servers", str(tmp_path / "none.txt")], f"error: --servers {tmp_path / 'none.txt'}: cannot read it"),
         (["--server", "http://a:1", "--server", "http://a:1/"], "error: server http://a:1 is given twice"),
         (["--move-after", "-1"], "error: --move-after must be 0 or more seconds, got -1"),
+        (["--stall-after", "-5"], "error: --stall-after must be 0 (never) or more seconds, got -5"),
         (["--in-flight", "0"], "error: --in-flight must be at least 1, got 0"),
         (["--server-wait", "0"], "error: --server-wait must be a positive number of seconds, got 0"),
     ]:
@@ -158,7 +176,8 @@ def test_a_job_valid_nowhere_says_what_each_server_lacks() -> None:
     error = nowhere_error({A: prompt_problems(bad, INFO), B: prompt_problems(bad, {})})
     assert error["kind"] == "validation" and error["type"] == "validates_nowhere"
     text = describe_error(error)
-    assert text.splitlines()[0].startswith("no server can run this job (checked against the /object_info of 2 servers)")
+    assert text.splitlines()[0].startswith("no server can run this job (2 servers checked, by their /object_info or "
+                                           "by sending it)")
     assert f"on {A}: #3 'Load VAE' (VAELoader) input 'vae_name': 'gone.safetensors' is not among" in text
     assert f"on {B}: #1 (EmptyLatentImage): node class 'EmptyLatentImage' is not installed" in text
 
@@ -257,6 +276,7 @@ class FakeWorker:
     releasing: dict = field(default_factory=dict)
     expecting: int = 0
     state: str = "up"
+    away_since: float | None = None
     woken: int = 0
 
     def ready(self) -> bool:
@@ -267,6 +287,9 @@ class FakeWorker:
 
     def problems(self, job: Job) -> list | None:
         return None if self.info is None else prompt_problems(job.prompt, self.info)
+
+    def fit(self, job: Job) -> str | None:
+        return fit(self.problems(job))
 
     def assign(self, job: Job) -> None:
         self.inbox.append(job)
@@ -310,10 +333,45 @@ def test_jobs_go_only_where_they_validate_and_wait_for_unknown_servers(tmp_path:
     b.info = INFO
     runner._place_nowhere()
     runner._assign()
-    assert [j.index for j in b.inbox] == [1, 2] and not a.inbox
+    assert [j.index for j in b.inbox] == [1, 2], "clean on b: b gets them, never the doubtful a"
+    assert [j.index for j in a.inbox] == [1], "clean nowhere: a doubtful server's own validation decides"
+    assert not list(runner.book.manifest.rows())
+    nowhere = a.inbox.popleft()
+    refusal = {"kind": "validation", "type": "prompt_outputs_failed_validation", "message": "failed", "details": "",
+               "nodes": [{"node_id": "3", "title": "Load VAE", "class_type": "VAELoader", "input": "vae_name",
+                          "type": "value_not_in_list", "message": "Value not in list", "details": "",
+                          "received": "nowhere.safetensors"}]}
+    runner.book.rejections[nowhere.key] = {A: refusal}
+    runner.book.pending.append(nowhere)
+    runner._place_nowhere()
+    assert list(runner.book.pending) == [nowhere], "b has not refused it: not a verdict yet"
+    b.inbox.clear()
+    runner._assign()
+    assert list(b.inbox) == [nowhere] and not a.inbox, "a refused it: only b is tried"
+    runner.book.rejections[nowhere.key][B] = refusal
+    runner.book.pending.append(b.inbox.popleft())
+    runner._place_nowhere()
     (row,) = runner.book.manifest.rows()
     assert row["status"] == "invalid" and row["server"] is None and row["error"]["type"] == "validates_nowhere"
-    assert {i["server"] for i in row["error"]["nodes"]} == {A, B}
+    assert [(i["server"], i["type"]) for i in row["error"]["nodes"]] == [(A, "value_not_in_list"),
+                                                                       (B, "value_not_in_list")]
+
+
+def test_only_a_missing_node_is_a_veto_not_a_value_a_node_may_validate_itself(tmp_path: Path) -> None:
+    """LoadImage's list is the input folder, but its VALIDATE_INPUTS also accepts "x.png [output]" (and
+    /object_info cannot tell which nodes do that): such a value is left to the server, a missing node is not."""
+    load = {"1": {"class_type": "LoadImage", "inputs": {"image": "render_00001_.png [output]"}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}}
+    (item,) = prompt_problems(load, INFO)
+    assert item["type"] == "value_not_in_list" and fit([item]) == "doubtful"
+    assert fit(prompt_problems(load, {k: v for k, v in INFO.items() if k != "LoadImage"})) == "no"
+    runner, (a, b) = dispatcher(tmp_path, [INFO, {k: v for k, v in INFO.items() if k != "LoadImage"}])
+    job = Job(index=1, params={}, prompt=load)
+    runner.book.pending.append(job)
+    runner._place_nowhere()
+    runner._assign()
+    assert list(a.inbox) == [job] and not b.inbox and not list(runner.book.manifest.rows()), \
+        "sent where only the server can decide, never where the node is missing"
 
 
 def test_an_idle_server_takes_the_last_job_waiting_on_the_slowest(tmp_path: Path) -> None:
@@ -329,6 +387,77 @@ def test_an_idle_server_takes_the_last_job_waiting_on_the_slowest(tmp_path: Path
     assert not a.releasing, "one job at a time for an idle server"
     runner._assign()
     assert len(b.releasing) == 1, "asked once"
+
+
+def test_an_away_server_hands_over_each_job_another_server_can_run_and_keeps_the_others(tmp_path: Path) -> None:
+    """Per job: a's running, queued and just-sent jobs that b can run move (once each, retired on a);
+    one that only a can run stays with a, which may come back, until a server that can run it is ready."""
+    without = {k: v for k, v in INFO.items() if k != "LUATest_Sleep"}
+    runner, (a, b) = dispatcher(tmp_path, [INFO, without])
+    book_ = runner.book
+    js = jobs(4)
+    js[1] = Job(index=2, params={"w": 2}, prompt={**prompt(), "6": {"class_type": "LUATest_Sleep",
+                                                                     "inputs": {"samples": ["1", 0], "seconds": 1}}})
+    running, only_a, queued, sent = [book_.begin(A, j) for j in js]
+    running.uncertain = only_a.uncertain = queued.uncertain = False
+    running.running_since = 1.0  # `sent`: its POST had no answer yet (uncertain)
+    a.state, a.away_since = "away", time.monotonic() - 100
+    runner._move_off_away()
+    assert [j.index for j in book_.pending] == [1, 3, 4], "each job b can run moved, first in line, in job order"
+    assert book_.held(A) == [only_a], "the job only a can run stays with a"
+    assert set(book_.retired) == {running.prompt_id, queued.prompt_id, sent.prompt_id}
+    runner._move_off_away()
+    assert [j.index for j in book_.pending] == [1, 3, 4] and book_.stats[A].moved_away == 3, "moved once"
+    assert book_.moved_from == {js[0].key: [A], js[2].key: [A], js[3].key: [A]}
+    assert "moving 3 of its 4 jobs (1, 3, 4) to the other servers (the 1 that no server up can run stays)" in \
+        book_.said[-1]
+    b.info = INFO  # b's node list read again: it now has the node
+    runner._move_off_away()
+    assert [j.index for j in book_.pending] == [2, 1, 3, 4] and not book_.held(A)
+
+
+def test_a_job_handed_to_an_idle_server_is_not_handed_back(tmp_path: Path) -> None:
+    """No ping-pong: b took job 2 from a's queue; when a falls idle while job 2 still waits on b, a does
+    not take it back (that would re-queue it at the end each time, and again)."""
+    runner, (a, b) = dispatcher(tmp_path, [INFO, INFO])
+    book_ = runner.book
+    first, second = [book_.begin(A, j) for j in jobs(2)]
+    first.uncertain = second.uncertain = False
+    first.running_since = 1.0
+    runner._assign()
+    assert a.releasing == {second.prompt_id: b}
+    assert book_.take_back(second)  # what a's worker does once the prompt is deleted from a's queue
+    a.releasing.clear()
+    b.expecting = 0
+    again = book_.begin(B, second.job)
+    again.uncertain = False  # queued on b, not started yet (b got a prompt of someone else in front)
+    assert book_.record(first, "success")
+    runner._assign()
+    assert not b.releasing and not a.expecting, "job 2 was handed over once: it stays on b"
+    third = book_.begin(B, jobs(3)[2])
+    third.uncertain = False
+    runner._assign()
+    assert b.releasing == {third.prompt_id: a}, "another waiting job may still go to the idle server"
+
+
+def test_the_first_server_ready_takes_its_share_not_the_whole_batch(tmp_path: Path) -> None:
+    """--in-flight 8, 12 jobs, three servers answering one after the other: each gets 4, not 8/4/0."""
+    runner, (a, b, c) = dispatcher(tmp_path, [INFO, None, None], in_flight=8)
+    b.state = c.state = "new"
+    runner.book.pending.extend(jobs(12))
+    runner._assign()
+    assert [len(w.inbox) for w in (a, b, c)] == [4, 0, 0], "b and c have not answered yet: a takes a third"
+    b.state, b.info = "up", INFO
+    runner._assign()
+    assert [len(w.inbox) for w in (a, b, c)] == [4, 4, 0]
+    c.state = "away"  # c turned out to be down: the others share the rest
+    runner._assign()
+    assert [len(w.inbox) for w in (a, b, c)] == [6, 6, 0]
+    c.state, c.info = "up", INFO
+    a.inbox.clear()
+    runner.book.pending.extend(jobs(12)[:6])
+    runner._assign()
+    assert [len(w.inbox) for w in (a, b, c)] == [3, 6, 3], "every server answered: up to --in-flight each"
 
 
 def test_server_line_shows_done_running_queued_and_rate(tmp_path: Path) -> None:
@@ -355,3 +484,188 @@ def test_progress_shows_one_line_per_server_and_no_job_bars_on_a_terminal() -> N
     one.job_started("k", "1 seed=1", 5)
     one.close()
     assert "0/5 nodes" in single.getvalue(), "one server keeps its per-job bars"
+
+
+@pytest.mark.parametrize(("error", "node_errors", "elsewhere"), [
+    ({"type": "missing_node_type", "message": "Node 'X' not found. The custom node may not be installed.",
+      "extra_info": {"class_type": "X"}}, {}, True),  # ComfyUI 0.33
+    ({"type": "invalid_prompt", "message": "Cannot execute because node X does not exist."}, {}, True),  # 0.3.75
+    ({"type": "missing_node_type", "message": "Node 'ID #3' has no class_type.", "extra_info": {"class_type": None}},
+     {}, False),  # a broken prompt, the same everywhere
+    ({"type": "prompt_outputs_failed_validation"}, {"7": {"errors": [{"type": "custom_validation_failed"}]}}, True),
+    ({"type": "prompt_outputs_failed_validation"}, {"7": {"errors": [{"type": "value_not_in_list"}]}}, True),
+    ({"type": "prompt_outputs_failed_validation"}, {"7": {"errors": [{"type": "value_bigger_than_max"}]}}, False),
+    ({"type": "prompt_no_outputs"}, {}, False),
+])
+def test_which_refusals_mean_try_another_server(error: dict, node_errors: dict, elsewhere: bool) -> None:
+    from lua_core.batch.errors import PromptRejected
+    from lua_core.batch.worker import _may_validate_elsewhere
+
+    assert _may_validate_elsewhere(PromptRejected(error, node_errors)) is elsewhere
+
+
+# --------------------------------------------------------------------------------------------------
+# A server's worker, driven by hand against a stand-in client (no thread, no server)
+# --------------------------------------------------------------------------------------------------
+
+
+class FakeClient:
+    """What a worker asks of a ComfyUI server: a queue, a history, and the requests it was sent."""
+
+    def __init__(self, url: str, info: dict | None = None) -> None:
+        self.base_url, self.timeout = url, 30.0
+        self.running: list[str] = []
+        self.pending: list[str] = []
+        self.entries: dict[str, dict] = {}
+        self.info = info if info is not None else INFO
+        self.calls: list[tuple] = []
+
+    def queue(self) -> dict:
+        return {"queue_running": [[0, p] for p in self.running], "queue_pending": [[1, p] for p in self.pending]}
+
+    def queue_ids(self) -> tuple[list[str], list[str]]:
+        return list(self.running), list(self.pending)
+
+    def history(self, prompt_id: str) -> dict | None:
+        return self.entries.get(prompt_id)
+
+    def object_info(self) -> dict:
+        self.calls.append(("object_info",))
+        return self.info
+
+    def delete_queued(self, ids: list[str]) -> None:
+        self.calls.append(("delete", tuple(ids)))
+        self.pending = [p for p in self.pending if p not in ids]
+
+    def interrupt(self, prompt_id: str) -> None:
+        self.calls.append(("interrupt", prompt_id))
+
+
+def worker(b: Book, url: str, client: FakeClient | None = None, **opts: object) -> object:
+    from lua_core.batch.worker import UP, ServerWorker
+
+    w = ServerWorker(client or FakeClient(url), b, RunOptions(use_ws=False, **opts), order=0, precheck=True,
+                     info=INFO)
+    w.state, w.was_up = UP, True
+    return w
+
+
+SUCCESS = {"status": {"status_str": "success", "completed": True, "messages": []}, "outputs": {}}
+
+
+def test_a_retired_prompt_stays_retired_when_it_shows_up_again(tmp_path: Path) -> None:
+    """A send to a frozen server lands when it thaws, after the job moved and the prompt was looked up
+    and found nowhere: it is deleted (queued) or interrupted (running) again, its result is dropped,
+    said once, and no row or file is written for it."""
+    b = book(tmp_path)
+    w = worker(b, A)
+    (job,) = jobs(1)
+    first = b.begin(A, job)
+    first.uncertain = False
+    b.move_away(A, "server a has not answered for 30s")
+    w._reconcile()  # not queued, not running, no history: settled, still retired
+    assert first.prompt_id in b.retired and first.settled
+    w.client.pending = [first.prompt_id]  # it shows up again
+    w._reconcile()
+    assert ("delete", (first.prompt_id,)) in w.client.calls
+    w.client.running = [first.prompt_id]
+    w._reconcile()
+    assert ("interrupt", first.prompt_id) in w.client.calls
+    w.client.running, w.client.entries[first.prompt_id] = [], SUCCESS
+    first.settled = False  # left the queue: its history is read once more
+    w._reconcile()
+    w._complete(first, SUCCESS)  # a history poll of the same prompt
+    w._reconcile()
+    assert sum("late result of prompt" in line for line in b.said) == 1, b.said
+    assert not list(b.manifest.rows()) and not (tmp_path / "out" / job.folder).exists()
+    assert first.prompt_id in b.retired, "retired for the whole run"
+
+
+def test_a_server_that_comes_back_is_rechecked_and_its_old_refusals_forgotten(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    no_4ch = copy.deepcopy(INFO)
+    no_4ch["VAELoader"]["input"]["required"]["vae_name"][0].remove("lua_test_taesd_4ch.safetensors")
+    w = worker(b, A, FakeClient(A, INFO))
+    w.info = no_4ch
+    (job,) = jobs(1)
+    assert w.fit(job) == "doubtful"
+    b.rejections[job.key] = {A: {"kind": "validation"}, B: {"kind": "validation"}}
+    w._went_away(RuntimeError("connection refused"))
+    assert not w.ready()
+    w._probe()
+    assert ("object_info",) in w.client.calls and w.ready() and w.fit(job) == "yes", "node list read again"
+    assert b.rejections[job.key] == {B: {"kind": "validation"}}, "its refusals from before went with its old list"
+
+
+def test_disabling_a_server_touches_no_prompt_and_calls_off_its_hand_overs(tmp_path: Path) -> None:
+    from lua_core.batch.worker import DISABLED
+
+    b = book(tmp_path, (A, B, C))
+    a, idle, c = worker(b, A), worker(b, B), worker(b, C)
+    mine = b.begin(A, jobs(1)[0])
+    mine.uncertain = False
+    a.client.pending = [mine.prompt_id, "someone-elses"]
+    a.releasing[mine.prompt_id] = idle
+    idle.expecting = 1
+    to_c = b.begin(B, jobs(2)[1])
+    to_c.uncertain = False
+    idle.client.pending = [to_c.prompt_id]
+    idle.releasing[to_c.prompt_id] = c  # c asked for a job waiting on b; then c is disabled
+    c.expecting = 1
+    a._disable(RuntimeError("HTTP 401"))
+    assert a.state == DISABLED and not a.releasing and idle.expecting == 0, "a's hand-over is called off"
+    c._disable(RuntimeError("HTTP 401"))
+    idle._release()
+    assert not idle.releasing and c.expecting == 0 and b.owns(to_c), "nothing handed to a server out of the run"
+    assert not [call for w in (a, idle, c) for call in w.client.calls if call[0] in ("delete", "interrupt")]
+    assert b.owns(mine) and "someone-elses" in a.client.pending
+
+
+def test_a_server_whose_queue_does_not_move_is_stuck_and_recovers(tmp_path: Path) -> None:
+    b = book(tmp_path)
+    w = worker(b, A, stall_after=60.0)
+    running, queued = [b.begin(A, j) for j in jobs(2)]
+    w.client.running, w.client.pending = ["someone-elses"], [running.prompt_id, queued.prompt_id]
+    w._reconcile()
+    assert w.state == "up"
+    w.advanced_at -= 61  # a minute later, the same prompt still running and no event of ours
+    w._reconcile()
+    assert w.state == "stuck" and not w.ready() and "its executor looks stuck" in b.said[-1], b.said
+    assert b.stats[A].times_away == 1
+    w._reconcile()
+    assert w.state == "stuck", "still the same prompt running"
+    w.client.running = [running.prompt_id]  # the queue moved
+    w.client.pending = [queued.prompt_id]
+    w._reconcile()
+    assert w.state == "up" and "moves again" in b.said[-1]
+
+
+def test_the_dispatcher_moves_the_jobs_of_a_stuck_server(tmp_path: Path) -> None:
+    runner, (a, b) = dispatcher(tmp_path, [INFO, INFO])
+    held = [runner.book.begin(A, j) for j in jobs(2)]
+    a.state, a.away_since = "stuck", time.monotonic() - 31
+    a.advanced_at = time.monotonic() - 700
+    runner._move_off_away()
+    assert not runner.book.held(A) and set(runner.book.retired) == {h.prompt_id for h in held}
+    assert "queue has not moved for 700s" in runner.book.said[-1]
+
+
+def test_a_resumed_run_writes_no_row_for_what_it_only_looked_up(tmp_path: Path) -> None:
+    """A killed client's journal: job 1's prompt (its 3rd send) is gone from its server, job 2's error row
+    was written before the kill. The re-run sends job 1 again (this run's --max-attempts is its own) and
+    runs job 2 again: no false 'lost' row, no second row for job 2's old prompt."""
+    runner, (a, b) = dispatcher(tmp_path, [INFO, INFO])
+    book_ = runner.book
+    one, two = jobs(2)
+    journal = book_.manifest.journal
+    journal.append({"key": one.key, "prompt_id": "p-one", "client_id": "me", "server": A, "attempt": 3})
+    journal.append({"key": two.key, "prompt_id": "p-two", "client_id": "me", "server": B, "attempt": 1})
+    book_.manifest.append({"key": two.key, "index": 2, "status": "error", "prompt_id": "p-two"})
+    runner._adopt([one, two], journal.latest(), book_.manifest.latest())
+    assert [att.prompt_id for att in book_.held(A)] == ["p-one"] and list(book_.pending) == [two]
+    (adopted,) = book_.held(A)
+    book_.lost([adopted], lambda att: "")
+    assert [j.index for j in book_.pending] == [1, 2], "sent again"
+    assert [r["status"] for r in book_.manifest.rows()] == ["error"], "no row written by the re-run"
+    again = book_.begin(B, book_.pending.popleft())
+    assert again.attempt == 4

@@ -7,11 +7,18 @@ is missing.
 
 What is checked, as ComfyUI 0.3.75's ``execution.validate_inputs`` does it: every node's class must be
 installed, and every literal value of an input whose definition is an option list (the V1 combo form
-``[["a.safetensors", ...], {...}]``) must be in that list. Model loaders list their folder's files
+``[["a.safetensors", ...], {...}]``) should be in that list. Model loaders list their folder's files
 there, so ``/object_info`` answers for models too: ``/models/<folder>`` would give the same lists, but
 cannot say which input reads which folder. Ranges and types are the same on every server and are left
-to the server, which reports them per job. Not seen from here: a node whose own ``VALIDATE_INPUTS``
-accepts values outside its list (rare); such a value counts as missing.
+to the server, which reports them per job.
+
+Only a missing node class is *proven* (:data:`PROVEN`): ComfyUI cannot run a node it does not have. A
+value outside an option list is not: a node whose ``VALIDATE_INPUTS`` names that input skips the list
+check (``LoadImage`` accepts ``"x.png [output]"`` or a file uploaded after its list was read), and
+``/object_info`` does not say which nodes do that. So such a value only makes a server *doubtful* for
+the job: it goes to a server where everything checks first, and to a doubtful one only when none is
+clean; that server's own validation then decides, and its refusal means "not here" (another server is
+tried), not a failed job.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from .nodedefs import input_options, ordered_inputs
+
+PROVEN = frozenset({"missing_node"})  # problem types /object_info can prove; the others the server decides
 
 
 def _title(node: Mapping[str, Any]) -> str | None:
@@ -68,10 +77,20 @@ def prompt_problems(prompt: Mapping[str, Any], object_info: Mapping[str, Any]) -
     return problems
 
 
+def fit(problems: list[dict[str, Any]] | None) -> str | None:
+    """``"yes"`` (nothing found), ``"doubtful"`` (only values a node may still accept), ``"no"`` (a proven
+    problem), or None while the server's node list is unknown."""
+    if problems is None:
+        return None
+    if any(p.get("type") in PROVEN for p in problems):
+        return "no"
+    return "doubtful" if problems else "yes"
+
+
 def nowhere_error(problems_by_server: Mapping[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """The manifest ``error`` of a job that validates on no server: each server's problems, tagged with it."""
     items = [{**item, "server": server} for server, problems in problems_by_server.items() for item in problems]
     return {"kind": "validation", "type": "validates_nowhere",
-            "message": f"no server can run this job (checked against the /object_info of "
-                       f"{len(problems_by_server)} servers): install the missing nodes or models on one of them",
+            "message": f"no server can run this job ({len(problems_by_server)} servers checked, by their "
+                       "/object_info or by sending it): install the missing nodes or models on one of them",
             "details": None, "nodes": items}

@@ -58,6 +58,8 @@ class Attempt:
     entry: dict | None = None  # a finished history entry whose downloads still have to complete
     timed_out: bool = False
     interrupt_sent: bool = False  # retired and still running on its server: interrupted
+    settled: bool = False  # retired, and seen neither queued nor running (its history read): not looked up again
+    drop_said: bool = False  # its late result was reported as dropped (once)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -124,8 +126,10 @@ class Book:
         self.by_pid: dict[str, Attempt] = {}
         self.retired: dict[str, Attempt] = {}  # prompt id -> attempt moved off its server
         self.attempts: dict[str, int] = {}
+        self.base: dict[str, int] = {}  # job key -> attempts made by earlier runs (this run has its own budget)
         self.moved_from: dict[str, list[str]] = {}
         self.rejections: dict[str, dict[str, dict]] = {}  # job key -> {server: validation error}
+        self.handed: set[str] = set()  # keys of jobs handed over to an idle server once (not again)
         self.rows: list[dict[str, Any]] = []
         self.stopping = False  # Ctrl-C: workers cancel this client's prompts and stop
         self.finished = False  # the run is over: workers stop
@@ -151,10 +155,12 @@ class Book:
             return attempt
 
     def adopt(self, server: str, job: Job, row: dict[str, Any]) -> Attempt:
-        """An attempt an earlier run journaled: looked up on ``server`` before anything is re-sent."""
+        """An attempt an earlier run journaled: looked up on ``server`` before anything is re-sent. It does
+        not use up this run's ``max_attempts``: a killed client's prompt that is gone is sent again, never
+        written off as ``lost`` by the run that only looked it up."""
         with self.lock:
             number = int(row.get("attempt") or 1)
-            self.attempts[job.key] = number
+            self.attempts[job.key] = self.base[job.key] = number
             attempt = Attempt(job, str(row["prompt_id"]), number, server, sent_at=time.monotonic() - 1e9,
                               sent_wall=float(row.get("time") or time.time()))
             self._hold(attempt)
@@ -244,7 +250,7 @@ class Book:
     def _again(self, attempt: Attempt, message: str, why_not: str) -> bool:
         """Whether ``attempt``'s job may be sent again; if not, its ``lost`` row is written."""
         job = attempt.job
-        if attempt.attempt >= self.max_attempts:
+        if attempt.attempt - self.base.get(job.key, 0) >= self.max_attempts:
             self.say(f"job {job.index} ({job.label}) {why_not}; giving up on it")
             self._write_row(attempt, "lost", error={"kind": "lost", "message": f"sent {attempt.attempt} times "
                                                     f"(--max-attempts), {why_not}"})
@@ -253,15 +259,22 @@ class Book:
             self.say(message)
         return True
 
-    def move_away(self, server: str, why: str) -> list[Attempt]:
-        """Retire every current attempt on ``server`` and put its jobs first in line for the others."""
+    def move_away(self, server: str, why: str, attempts: list[Attempt] | None = None) -> list[Attempt]:
+        """Retire ``attempts`` (default: every current attempt on ``server``), each one only if it is still
+        its job's current attempt there, and put their jobs first in line for the other servers."""
         with self.lock:
-            moved = self.held(server)
+            moved = sorted((a for a in (self.held(server) if attempts is None else attempts)
+                            if a.server == server and self.owns(a)), key=lambda a: a.job.index)
             if not moved:
                 return []
             names = ", ".join(str(a.job.index) for a in moved)
-            self.say(f"{why}: moving its {len(moved)} job{'s' if len(moved) > 1 else ''} ({names}) to the other "
-                     "servers; a late result from it will be dropped")
+            total = len(self.held(server))
+            what = (f"its {total} job{'s' if total > 1 else ''}" if total == len(moved) else
+                    f"{len(moved)} of its {total} jobs")
+            stay = total - len(moved)
+            kept = f" (the {stay} that no server up can run stay{'s' if stay == 1 else ''})" if stay else ""
+            self.say(f"{why}: moving {what} ({names}) to the other servers{kept}; a late result from it will be "
+                     "dropped")
             for attempt in moved:
                 self._drop(attempt)
                 self.retired[attempt.prompt_id] = attempt
@@ -274,6 +287,13 @@ class Book:
     def retired_on(self, server: str) -> list[Attempt]:
         with self.lock:
             return [a for a in self.retired.values() if a.server == server]
+
+    def forget_rejections(self, server: str) -> None:
+        """``server`` came back and its node list was read again: its earlier refusals no longer hold."""
+        with self.lock:
+            for refused in self.rejections.values():
+                refused.pop(server, None)
+            self.changed.set()
 
     def forget_retired(self, prompt_id: str) -> None:
         with self.lock:
@@ -301,6 +321,7 @@ class Book:
                 return False
             self._drop(attempt)
             self.attempts[attempt.job.key] -= 1
+            self.handed.add(attempt.job.key)
             return True
 
     def fail_unsent(self, job: Job, error: dict) -> None:

@@ -49,7 +49,7 @@ from .manifest import DONE, Manifest
 from .outcome import describe_error
 from .progress import Progress
 from .servers import normalize_url, short_name
-from .worker import AWAY, DISABLED, UP, ServerWorker
+from .worker import AWAY, DISABLED, NEW, STUCK, UP, ServerWorker
 
 
 @dataclass
@@ -62,6 +62,7 @@ class RunOptions:
     ws_check_interval: float = 5.0  # safety-net /queue checks while the websocket is up
     server_wait: float = 600.0  # give up when no usable server answered this long (--server-wait)
     move_after: float = 30.0  # several servers: move the jobs of a server away this long (--move-after)
+    stall_after: float | None = 600.0  # a queue that has not moved this long: the executor is stuck (--stall-after)
     max_attempts: int = 3  # sends per job when servers lose it (--max-attempts)
     lost_grace: float | None = None  # seconds before an unanswered send may be declared lost (timeout + 5)
     job_timeout: float | None = None  # interrupt a prompt running longer than this (--job-timeout)
@@ -163,7 +164,7 @@ class BatchRunner:
             if skipped:
                 self._say(f"{skipped} of {len(self.jobs)} jobs already done (manifest {self.manifest.path}); "
                           "skipping them")
-            self._adopt(todo, sent)
+            self._adopt(todo, sent, latest)
             previous = self._install_sigint()
             clean_exit = False
             try:
@@ -203,15 +204,24 @@ class BatchRunner:
         folder = self.out_dir / str(row.get("output_dir", ""))
         return all((folder / name).is_file() for name in row.get("outputs") or [])  # re-run if files were deleted
 
-    def _adopt(self, todo: list[Job], sent: dict[str, dict[str, Any]]) -> None:
+    def _adopt(self, todo: list[Job], sent: dict[str, dict[str, Any]],
+               latest: Mapping[str, dict[str, Any]] | None = None) -> None:
         """Jobs an earlier run journaled are looked up on the server they were sent to, not sent again.
 
         A job journaled on a server that is not in this run's list is sent again (with one server, it is
-        looked up there: the same server may be spelled differently, ``localhost`` or ``127.0.0.1``)."""
+        looked up there: the same server may be spelled differently, ``localhost`` or ``127.0.0.1``).
+        A journaled prompt whose outcome the manifest already holds (an error row written before the
+        client was killed) is not looked up again, which would write that row a second time: the job is
+        run again like any unfinished one."""
         by_url = {normalize_url(w.url): w for w in self.workers}
         adopted = 0
         for job in todo:
             row = sent.get(job.key)
+            done = (latest or {}).get(job.key)
+            if row is not None and done is not None and done.get("prompt_id") == row.get("prompt_id"):
+                self.book.attempts[job.key] = self.book.base[job.key] = int(row.get("attempt") or 1)
+                self.book.pending.append(job)
+                continue
             worker = None if row is None else by_url.get(normalize_url(str(row.get("server") or "")))
             if row is not None and worker is None and len(self.workers) == 1:
                 worker = self.workers[0]
@@ -220,7 +230,7 @@ class BatchRunner:
                     self._say(f"job {job.index} ({job.label}) was sent to {row.get('server')} by an earlier run; that "
                               "server is not in this run's list, so the job is sent again (a result there is not "
                               "collected)")
-                    self.book.attempts[job.key] = int(row.get("attempt") or 1)
+                    self.book.attempts[job.key] = self.book.base[job.key] = int(row.get("attempt") or 1)
                 self.book.pending.append(job)
                 continue
             self.book.adopt(worker.url, job, row)
@@ -281,22 +291,41 @@ class BatchRunner:
             self._show_servers()
             book.changed.wait(0.2)
 
+    def _eligible(self, job: Job, among: Sequence[ServerWorker]) -> list[ServerWorker]:
+        """The servers of ``among`` that may get ``job``: those that have not refused it and where it checks
+        clean; or, when no server up or starting can be clean for it (a starting one's node list is not
+        known yet), those where it is only doubtful: that server's own validation decides."""
+        refused = self.book.rejections.get(job.key, {})
+        fits = {w.url: w.fit(job) for w in self.workers if w.state != DISABLED and w.url not in refused}
+        hopeful = any(w.url in fits and fits[w.url] in ("yes", None) for w in self.workers if w.state in (UP, NEW))
+        want = ("yes",) if hopeful else ("yes", "doubtful")  # a server starting up may turn out clean: wait
+        return [w for w in among if w.url in fits and fits[w.url] in want]
+
     def _assign(self) -> None:
         """Give waiting jobs to servers with free capacity: of those that can run a job, the fastest
-        (shortest run time per job so far; a server not measured yet counts as fastest, so it gets tried)."""
+        (shortest run time per job so far; a server not measured yet counts as fastest, so it gets tried).
+
+        While some servers have not answered their first probe yet, a ready server takes at most its share
+        of the jobs left (jobs left / servers ready or starting): the first server that answers does not
+        take the whole batch when ``--in-flight`` is large, the others get theirs when they are ready."""
         book = self.book
-        free = [w for w in self.workers if w.ready() and w.load() < self.opts.in_flight]
+        cap = self.opts.in_flight
+        starting = [w for w in self.workers if w.state == NEW or (w.state == UP and not w.ready())]
+        if starting:
+            ready = [w for w in self.workers if w.ready()]
+            left = len(book.pending) + len(book.current) + sum(len(w.inbox) for w in self.workers)
+            cap = min(cap, max(1, -(-left // max(1, len(ready) + len(starting)))))
+        free = [w for w in self.workers if w.ready() and w.load() < cap]
         kept: list[Job] = []
         while book.pending and free:
             job = book.pending.popleft()
-            refused = book.rejections.get(job.key, {})
-            candidates = [w for w in free if w.url not in refused and w.problems(job) == []]
+            candidates = self._eligible(job, free)
             if not candidates:
                 kept.append(job)
                 continue
             worker = min(candidates, key=lambda w: (book.stats[w.url].seconds_per_job or 0.0, w.load(), w.order))
             worker.assign(job)
-            if worker.load() >= self.opts.in_flight:
+            if worker.load() >= cap:
                 free.remove(worker)
         book.pending.extendleft(reversed(kept))
         if not book.pending:
@@ -305,7 +334,10 @@ class BatchRunner:
     def _steal(self) -> None:
         """Nothing is waiting here, yet a server is idle while jobs wait in another server's queue (behind
         a slow job, or another client's): ask that server's worker to hand one over (the last in its
-        queue; from the slowest server first). A slow server then does not hold up the end of the batch."""
+        queue; from the slowest server first). A slow server then does not hold up the end of the batch.
+
+        A job is handed over once: a second steal could send it back where it came from, and then again
+        (each hand-over puts it at the end of a queue), so a job that was handed over stays where it is."""
         book = self.book
         slowest_first = sorted(self.workers, key=lambda w: -(book.stats[w.url].seconds_per_job or 0.0))
         for idle in self.workers:
@@ -315,8 +347,8 @@ class BatchRunner:
                 if other is idle or other.state != UP:
                     continue
                 waiting = [a for a in book.held(other.url) if a.running_since is None and not a.uncertain
-                           and a.prompt_id not in other.releasing and idle.url not in book.rejections.get(a.job.key, {})
-                           and idle.problems(a.job) == []]
+                           and a.prompt_id not in other.releasing and a.job.key not in book.handed
+                           and idle.fit(a.job) == "yes" and self._eligible(a.job, [idle])]
                 if waiting:
                     other.releasing[waiting[-1].prompt_id] = idle
                     idle.expecting += 1
@@ -324,7 +356,10 @@ class BatchRunner:
                     break
 
     def _place_nowhere(self) -> None:
-        """A waiting job that no server can run (every server's node list known) becomes one error row."""
+        """A waiting job that no server can run becomes one error row: every server (not out of the run)
+        either lacks a node it needs (proven from its node list) or refused the job when it was sent.
+        A server whose node list is not known yet, or that only doubts (a value not in its list), may
+        still run it: the job waits for it, or is sent to it."""
         book = self.book
         usable = [w for w in self.workers if w.state != DISABLED]
         if not usable or not book.pending:
@@ -333,12 +368,12 @@ class BatchRunner:
             verdicts: dict[str, list[dict]] = {}
             for worker in usable:
                 refused = book.rejections.get(job.key, {}).get(worker.url)
-                problems = worker.problems(job)
-                if problems is None and refused is None:
-                    break  # this server's nodes are not known yet: wait for it
-                if refused is None and not problems:
-                    break  # it can run the job
-                verdicts[worker.url] = problems or _refusal_items(refused)
+                if refused is not None:
+                    verdicts[worker.url] = _refusal_items(refused)
+                    continue
+                if worker.fit(job) != "no":
+                    break  # unknown yet, or it may run the job
+                verdicts[worker.url] = worker.problems(job) or []
             else:
                 book.pending.remove(job)
                 error = nowhere_error(verdicts)
@@ -346,8 +381,10 @@ class BatchRunner:
                 book.fail_unsent(job, error)
 
     def _move_off_away(self) -> None:
-        """Jobs of a server away for ``move_after`` seconds (or out of the batch) go to the others, if another
-        server that can run them is up. With one server there is nowhere to move: it is waited for."""
+        """Jobs of a server away for ``move_after`` seconds (or out of the batch) go to the others, job by
+        job: each one that a server now ready may run moves (its attempt is retired); one that no ready
+        server can run stays with its server, which may come back, and is looked at again next time.
+        With one server there is nowhere to move: it is waited for."""
         if len(self.workers) < 2:
             return
         now = time.monotonic()
@@ -360,18 +397,22 @@ class BatchRunner:
             elif worker.state == AWAY and worker.away_since is not None and now - worker.away_since >= \
                     self.opts.move_after:
                 why = f"server {short_name(worker.url)} has not answered for {now - worker.away_since:.0f}s"
+            elif worker.state == STUCK and worker.away_since is not None and now - worker.away_since >= \
+                    self.opts.move_after:
+                why = f"server {short_name(worker.url)}'s queue has not moved for {now - worker.advanced_at:.0f}s"
             else:
                 continue
             others = [w for w in self.workers if w is not worker and w.ready()]
-            if any(any(w.problems(a.job) == [] for w in others) for a in held):
-                self.book.move_away(worker.url, why)
+            movable = [a for a in held if self._eligible(a.job, others)]
+            if movable:
+                self.book.move_away(worker.url, why, movable)
 
     def _stalled(self) -> str | None:
         """Why the run gives up, once nothing could move for ``server_wait`` seconds; else None."""
         book = self.book
+        ready = [w for w in self.workers if w.ready()]
         moving = any(w.state == UP and (book.held(w.url) or w.inbox) for w in self.workers) or any(
-            any(w.ready() and w.url not in book.rejections.get(job.key, {}) and w.problems(job) == []
-                for w in self.workers) for job in book.pending)
+            self._eligible(job, ready) for job in book.pending)
         if moving or not (book.pending or book.current):
             self._stalled_since = None
             return None

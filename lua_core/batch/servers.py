@@ -48,11 +48,35 @@ def short_name(url: str) -> str:
 
 
 def _check_url(url: str, where: str) -> str:
+    """``url`` normalised, or a :class:`BatchError` naming ``where``, the value and what is wrong with it."""
     parts = urllib.parse.urlsplit(url.strip())
+    form = "write it as http://host:port or https://host[/prefix]"
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise BatchError(f"{where}: {url!r} is not a server URL; write it as http://host:port or "
-                         "https://host[/prefix]")
+        raise BatchError(f"{where}: {url!r} is not a server URL; {form}")
+    try:
+        port = parts.port
+    except ValueError as err:  # "host:abc", "host:99999"
+        raise BatchError(f"{where}: {url!r} has a bad port ({err}); {form}") from err
+    host = parts.hostname or ""
+    if not host or any(c.isspace() or c in "<>\\\"'{}|^`" for c in host):
+        raise BatchError(f"{where}: {url!r} names no valid host; {form}")
+    if port == 0:
+        raise BatchError(f"{where}: {url!r} has port 0; {form}")
+    if parts.username is not None or parts.password is not None:
+        raise BatchError(f"{where}: {url!r} holds credentials, which would be printed in messages and written to "
+                         "the manifest; remove them and give a bearer token instead (the second field of a "
+                         "--servers line, or --token-env)")
+    if parts.query or parts.fragment or url.strip().endswith(("?", "#")):
+        raise BatchError(f"{where}: {url!r} has a query or fragment; a server URL is only "
+                         "http(s)://host:port[/prefix]")
     return normalize_url(url)
+
+
+def server_identity(url: str) -> tuple[str, str, int, str]:
+    """What makes two URLs the same server: ``http://A:80/`` and ``http://a`` are one (default ports filled in)."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path.rstrip("/")
 
 
 def read_servers_file(path: str | os.PathLike, warnings: list[str] | None = None) -> list[ServerSpec]:
@@ -76,6 +100,9 @@ def read_servers_file(path: str | os.PathLike, warnings: list[str] | None = None
                              "tokens cannot contain spaces")
         url = _check_url(fields[0], where)
         token = None
+        if len(fields) == 2 and "://" in fields[1]:
+            raise BatchError(f"{where}: the second field {fields[1]!r} looks like a URL; give one server per line "
+                             "('URL [TOKEN]')")
         if len(fields) == 2:
             token, from_env = _token(fields[1], where)
             literal_token = literal_token or not from_env
@@ -122,12 +149,14 @@ def server_specs(servers: Sequence[str] | str | None = None, servers_file: str |
         specs += read_servers_file(servers_file, warnings)
     if not specs:
         specs = [ServerSpec(_check_url(os.environ.get("COMFYUI_URL") or DEFAULT_SERVER, "$COMFYUI_URL"))]
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, str, int, str], ServerSpec] = {}
     for spec in specs:
-        if spec.url in seen:
-            raise BatchError(f"server {spec.url} is given twice ({seen[spec.url]} and {spec.source}); "
+        first = seen.get(server_identity(spec.url))
+        if first is not None:
+            same = spec.url if first.url == spec.url else f"{first.url} (= {spec.url})"
+            raise BatchError(f"server {same} is given twice ({first.source} and {spec.source}); "
                              "give each server once")
-        seen[spec.url] = spec.source
+        seen[server_identity(spec.url)] = spec
     return specs
 
 

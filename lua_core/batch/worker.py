@@ -11,7 +11,11 @@ waiting, done or lost (a send whose answer never came gets ``lost_grace`` second
 errors make the server *away* (it is probed with backoff, its jobs stay until the dispatcher moves
 them); when it answers again it is *up*: its jobs are looked up, retired prompts of moved jobs still
 queued there are deleted and running ones interrupted (by id: ``POST /interrupt`` only stops the prompt
-named), and with a farm its ``/object_info`` is fetched again (a restart may bring other nodes or models).
+named), and with a farm its ``/object_info`` is fetched again (a restart may bring other nodes or models)
+and its earlier refusals are forgotten. A server that answers HTTP while its executor is stuck (its
+queue has not advanced, and no event of ours arrived, for ``stall_after`` seconds) is *stuck*: it gets
+no jobs, and the dispatcher moves its jobs as it does those of a server away; it is up again as soon
+as its queue moves.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .capability import prompt_problems
+from .capability import fit, prompt_problems
 from .client import ComfyClient
 from .errors import PromptRejected, RequestError, ServerUnreachable
 from .events import EventPump
@@ -42,7 +46,7 @@ from .servers import short_name
 if TYPE_CHECKING:
     from .runner import RunOptions
 
-NEW, UP, AWAY, DISABLED = "new", "up", "away", "disabled"
+NEW, UP, AWAY, STUCK, DISABLED = "new", "up", "away", "stuck", "disabled"
 
 
 class ServerWorker(threading.Thread):
@@ -69,8 +73,13 @@ class ServerWorker(threading.Thread):
         self.events: queue.Queue = queue.Queue()
         self.ws_up = False
         self._problems: dict[str, list[dict]] = {}
+        self._running: tuple[str, ...] = ()  # the running prompt ids at the last /queue check
+        self._watching = False  # that check was made while the server held jobs of ours
+        self.advanced_at = time.monotonic()  # last sign that the executor moves (queue changed, events of ours)
+        self._recheck = False  # the websocket reconnected (maybe a restarted server): read /object_info again
         self._check_now = True
         self._cancelling = False
+        self._ws_seen = False
         self._warned_ids = False
         self._wake = threading.Event()
         name = short_name(self.url)
@@ -97,6 +106,10 @@ class ServerWorker(threading.Thread):
         if job.key not in self._problems:
             self._problems[job.key] = prompt_problems(job.prompt, info)
         return self._problems[job.key]
+
+    def fit(self, job: Job) -> str | None:
+        """``"yes"``, ``"doubtful"`` or ``"no"`` (:func:`~lua_core.batch.capability.fit`); None while unknown."""
+        return fit(self.problems(job))
 
     def assign(self, job: Job) -> None:
         """Give the worker a job to send (the caller holds ``book.lock``)."""
@@ -128,9 +141,11 @@ class ServerWorker(threading.Thread):
                 self._cancel()
                 return
             try:
-                if self.state != UP:
+                if self.state in (NEW, AWAY):
                     self._probe()
                     delay = 0.5
+                elif self._recheck and self.precheck:
+                    self._refresh_capabilities()
                 self._send_inbox()
                 self._release()
                 self._drain_events(max(0.0, min(0.25, next_check - time.monotonic())))
@@ -157,9 +172,7 @@ class ServerWorker(threading.Thread):
         was_away = self.state == AWAY
         self.client.queue()
         if self.precheck and (self.info is None or was_away):
-            info = self.client.object_info()
-            with self.book.lock:
-                self.info, self._problems = info, {}
+            self._refresh_capabilities()
         with self.book.lock:
             if was_away and self.away_since is not None:
                 away = time.monotonic() - self.away_since
@@ -167,8 +180,17 @@ class ServerWorker(threading.Thread):
                 self._say(f"{self.who} is back after {away:.1f}s; checking in-flight jobs" if self.was_up else
                           f"{self.who} answers after {away:.1f}s; it joins the batch")
             self.state, self.away_since, self.was_up = UP, None, True
+            self.advanced_at = time.monotonic()
         self._check_now = True
         self.book.changed.set()
+
+    def _refresh_capabilities(self) -> None:
+        """Read ``/object_info`` again (a server that came back may have other nodes or models): the jobs'
+        checks are redone, and the refusals it gave before no longer hold (they are re-decided by sending)."""
+        info = self.client.object_info()
+        with self.book.lock:
+            self.info, self._problems, self._recheck = info, {}, False
+            self.book.forget_rejections(self.url)
 
     def _went_away(self, err: Exception) -> None:
         with self.book.lock:
@@ -176,7 +198,8 @@ class ServerWorker(threading.Thread):
             self.last_error = str(err)
             if self.state == AWAY:
                 return
-            self.state, self.away_since = AWAY, time.monotonic()
+            since = self.away_since if self.state == STUCK else None  # stuck, then silent: one outage
+            self.state, self.away_since = AWAY, since or time.monotonic()
             self.book.stats[self.url].times_away += 1
             self.book.pending.extendleft(reversed(self.inbox))  # never sent: back in line at once
             self.inbox.clear()
@@ -197,12 +220,19 @@ class ServerWorker(threading.Thread):
         self.book.changed.set()
 
     def _disable(self, err: BaseException) -> None:
+        """Out of this run (a refusal retrying will not fix): its unsent jobs go back in line and the
+        hand-overs it was asked for are called off (the idle servers waiting for them may ask again). No
+        request is sent to it or to any other server: its prompts of this batch are moved by the
+        dispatcher (retired), other servers' prompts and other clients' are not touched."""
         with self.book.lock:
             self.error = err
             self.state = DISABLED
             self.book.stats[self.url].disabled = str(err) or type(err).__name__
             self.book.pending.extendleft(reversed(self.inbox))
             self.inbox.clear()
+            for target in self.releasing.values():
+                target.expecting = max(0, target.expecting - 1)
+            self.releasing.clear()
         if self.book.farm:
             self._say(f"error: {self.who}: {err}; it takes no more jobs in this run")
         self.book.changed.set()
@@ -224,7 +254,7 @@ class ServerWorker(threading.Thread):
                                         extra_data=self.opts.extra_data)
         except PromptRejected as err:
             error = rejection_error(err, job.prompt)
-            elsewhere = self.book.farm and _lacks_node_or_model(err)
+            elsewhere = self.book.farm and _may_validate_elsewhere(err)
             if elsewhere:
                 self._say(f"job {job.index} ({job.label}) refused by {self.the_server} "
                           f"({describe_error(error).splitlines()[-1].strip()}); trying the other servers")
@@ -254,6 +284,10 @@ class ServerWorker(threading.Thread):
         here (``POST /queue {"delete"}`` only removes prompts that have not started), and hand over the
         ones that are then neither queued, running nor finished. One that started meanwhile stays."""
         with self.book.lock:
+            for pid, target in list(self.releasing.items()):
+                if not target.ready():  # it went away or out of the run since it asked: call it off
+                    del self.releasing[pid]
+                    target.expecting = max(0, target.expecting - 1)
             asked = dict(self.releasing)
         if not asked:
             return
@@ -305,7 +339,10 @@ class ServerWorker(threading.Thread):
     def _on_event(self, item: tuple[str, Any], to_check: set[str]) -> None:
         kind, data = item
         if kind == "ws":
+            if data == "up" and self.was_up and not self.ws_up and self._ws_seen:
+                self._recheck = True  # reconnected: the server may have restarted with other nodes or models
             self.ws_up = data == "up"
+            self._ws_seen = True
             self._check_now = True  # reconnected (maybe to a restarted server) or lost: look at the queue
             return
         if kind != "msg" or not isinstance(data, dict):
@@ -314,6 +351,7 @@ class ServerWorker(threading.Thread):
         attempt = self.book.find(self.url, str(body.get("prompt_id"))) if isinstance(body, dict) else None
         if attempt is None:  # another client's prompt, or a retired one: not ours to follow
             return
+        self.advanced_at = time.monotonic()
         job, progress = attempt.job, self.book.progress
         if typ == "execution_start":
             attempt.uncertain = False
@@ -349,11 +387,13 @@ class ServerWorker(threading.Thread):
     def _reconcile(self) -> None:
         """Compare this server's jobs with its queue and history (see the module doc of the runner)."""
         held, retired = self.book.held(self.url), self.book.retired_on(self.url)
-        if not held and not retired:
+        if not held and not retired and self.state != STUCK:
+            self._watching = False
             return
         running, pending = self.client.queue_ids()
         present = set(running) | set(pending)
         now, grace = time.monotonic(), self._grace()
+        self._health(held, running, now)
         lost: list[Attempt] = []
         for attempt in held:
             if not self.book.owns(attempt):
@@ -382,10 +422,42 @@ class ServerWorker(threading.Thread):
                                        f"nor in {self.the_server}'s history (server restarted?); sending it again")
         self._clean_retired(retired, running, pending, now, grace)
 
+    def _health(self, held: list[Attempt], running: list[str], now: float) -> None:
+        """Is the executor moving? It is when the running prompts changed since the last check, nothing
+        runs, or an event of ours arrived; a server whose queue has not moved for ``stall_after`` seconds
+        while it holds jobs of ours is *stuck* (HTTP answers, the executor does not); it is up again as
+        soon as its queue moves."""
+        current = tuple(running)
+        if current != self._running or not current or not self._watching:
+            self.advanced_at = max(self.advanced_at, now)  # (not watched before: the clock starts now)
+        self._running, self._watching = current, bool(held)
+        limit = self.opts.stall_after
+        with self.book.lock:
+            if self.state == STUCK and self.advanced_at > (self.away_since or 0):
+                away = now - (self.away_since or now)
+                self.book.stats[self.url].away_seconds += away
+                self.state, self.away_since = UP, None
+                self._say(f"{self.who}: its queue moves again after {away:.0f}s; it takes jobs again")
+                self.book.changed.set()
+            elif self.book.farm and self.state == UP and limit and held and current and \
+                    now - self.advanced_at >= limit:
+                self.state, self.away_since = STUCK, now
+                self.book.stats[self.url].times_away += 1
+                self.book.pending.extendleft(reversed(self.inbox))
+                self.inbox.clear()
+                self._say(f"{self.who}: its queue has not moved for {now - self.advanced_at:.0f}s (prompt "
+                          f"{current[0]} running, no progress event of ours; --stall-after): its executor looks "
+                          f"stuck; its {len(held)} job{'s' if len(held) > 1 else ''} move to the other servers "
+                          f"after {self.opts.move_after:g}s (--move-after) unless its queue moves")
+                self.book.changed.set()
+
     def _clean_retired(self, retired: list[Attempt], running: list[str], pending: list[str], now: float,
                        grace: float) -> None:
         """Prompts of jobs moved off this server: delete the queued ones, interrupt a running one, and
-        drop what they produced (the moved copy is the one that counts)."""
+        drop what they produced (the moved copy is the one that counts). A retired prompt stays retired
+        for the whole run: once settled (not queued, not running, history read) it is no longer looked up,
+        but if it shows up again (a send that reached a frozen server lands when it thaws) it is deleted
+        or interrupted again, and its result is never recorded."""
         queued = [a.prompt_id for a in retired if a.prompt_id in pending]
         if queued:
             self.client.delete_queued(queued)
@@ -400,13 +472,12 @@ class ServerWorker(threading.Thread):
                     self._say(f"{self.who}: interrupting prompt {pid} of job {attempt.job.index} (moved to another "
                               "server)")
                 continue
-            if pid in pending or (attempt.uncertain and now - attempt.sent_at < grace):
-                continue  # deleted above (checked again next time), or its POST may still land
+            if pid in pending or attempt.settled or (attempt.uncertain and now - attempt.sent_at < grace):
+                continue  # deleted above (checked again next time), settled, or its POST may still land
             entry = self.client.history(pid)
             if entry is not None and succeeded(entry):
-                self._say(f"job {attempt.job.index} ({attempt.job.label}): late result of prompt {pid} from "
-                          f"{self.the_server} dropped (the job was moved to another server)")
-            self.book.forget_retired(pid)
+                self._dropped(attempt)
+            attempt.settled = True
 
     def _check_timeouts(self) -> None:
         limit = self.opts.job_timeout
@@ -528,14 +599,25 @@ class ServerWorker(threading.Thread):
         self.book.record(attempt, "error", entry=entry, error=error)
 
     def _dropped(self, attempt: Attempt) -> None:
+        if attempt.drop_said:  # said once per prompt, whichever path saw the result first
+            return
+        attempt.drop_said = True
         self._say(f"job {attempt.job.index} ({attempt.job.label}): late result of prompt {attempt.prompt_id} from "
                   f"{self.the_server} dropped (the job was moved to another server)")
 
 
-def _lacks_node_or_model(err: PromptRejected) -> bool:
-    """Whether a 400 says this server lacks a node or a model (another server may have it)."""
+# node-error types that depend on what the server has (its files, its nodes), not on the prompt alone
+_PER_SERVER = frozenset({"value_not_in_list", "custom_validation_failed"})
+
+
+def _may_validate_elsewhere(err: PromptRejected) -> bool:
+    """Whether a 400 may be this server's own (a node, a model or an input file it lacks, or a node's
+    ``VALIDATE_INPUTS`` refusing a value) so another server may accept the job. Errors in the prompt
+    itself (a value out of range, a missing input, no output node) are the same everywhere."""
     top = err.error or {}
+    if top.get("type") == "missing_node_type" and (top.get("extra_info") or {}).get("class_type"):
+        return True  # ComfyUI 0.33: "Node 'X' not found. The custom node may not be installed."
     if top.get("type") == "invalid_prompt" and "does not exist" in str(top.get("message", "")):
-        return True
-    return any(e.get("type") == "value_not_in_list"
+        return True  # ComfyUI 0.3.75: "Cannot execute because node X does not exist."
+    return any(e.get("type") in _PER_SERVER
                for info in (err.node_errors or {}).values() for e in (info or {}).get("errors") or [])

@@ -52,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--move-after", type=float, default=30.0,
                    help="several servers: move the jobs of a server that stopped answering to the others after "
                         "this many seconds (30)")
+    p.add_argument("--stall-after", type=float, default=600.0,
+                   help="several servers: a server whose queue has not moved (same prompt running, no progress "
+                        "event of ours) this many seconds while it holds jobs is stuck; its jobs move after "
+                        "--move-after (600; 0: never)")
     p.add_argument("--max-attempts", type=int, default=3, help="sends per job when servers lose it (3)")
     p.add_argument("--job-timeout", type=float, default=None, help="interrupt a job running longer than this")
     p.add_argument("--poll", type=float, default=1.0, help="seconds between /queue checks without websocket (1)")
@@ -72,6 +76,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
     for name, value in (("--timeout", args.timeout), ("--server-wait", args.server_wait), ("--poll", args.poll)):
         if not value > 0:
             raise ValueError(f"{name} must be a positive number of seconds, got {value:g}")
+    if not args.stall_after >= 0:
+        raise ValueError(f"--stall-after must be 0 (never) or more seconds, got {args.stall_after:g}")
     if not args.move_after >= 0:
         raise ValueError(f"--move-after must be 0 or more seconds, got {args.move_after:g}")
 
@@ -127,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     opts = RunOptions(in_flight=args.in_flight, use_ws=not args.no_ws, poll_interval=args.poll,
-                      server_wait=args.server_wait, move_after=args.move_after, max_attempts=args.max_attempts,
+                      server_wait=args.server_wait, move_after=args.move_after,
+                      stall_after=args.stall_after or None, max_attempts=args.max_attempts,
                       job_timeout=args.job_timeout, include_temp=args.include_temp, retry_failed=not args.skip_failed,
                       progress=False if args.no_progress else None, quiet=args.quiet)
     if not args.quiet:
