@@ -53,6 +53,8 @@ def threads(n: int):
 def torchrun(*args: str, nproc: int = 2) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    if Path("/sys/class/net/lo").exists():  # gloo on loopback: no need for the host name to resolve
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", "lua_core", *args]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=150)

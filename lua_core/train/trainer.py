@@ -264,7 +264,7 @@ class Trainer:
         end = self.stage.steps if until is None else min(until, self.stage.steps)
         opt = self.options
         main = self.rank == 0
-        runlog = RunLog(self.run_dir, tensorboard=opt.tensorboard and main,
+        runlog = RunLog(self.run_dir, tensorboard=opt.tensorboard,
                         console=tqdm.write if opt.console else None) if main else None
         bar = tqdm(total=self.stage.steps, initial=self.step, desc=f"stage {self.stage.stage}", unit="step",
                    disable=not opt.console or not main, dynamic_ncols=True)
