@@ -2,7 +2,8 @@
 
 Each stage trains in ``RUN/stageN/`` from the previous stage's EMA weights; a stopped run resumes
 exactly when the same command is run again. The result is ``RUN/lua.safetensors`` (or ``--out``),
-a normal ``latent_upscale_models`` checkpoint. See docs/training.md.
+a normal ``latent_upscale_models`` checkpoint. Under ``torchrun --nproc_per_node N -m lua_core train``
+the same command trains on N ranks (DDP; ``--batch-size`` is the global batch). See docs/training.md.
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..train.cli import load_vae_arg, report_run, stage_overrides, train_options
     from ..train.curriculum import STAGE_WEIGHTS
+    from ..train.distributed import process_group
     from ..train.pipeline import train_curriculum
 
     stages = [int(s) for s in args.stages.split(",")]
     bad = [s for s in stages if s not in STAGE_WEIGHTS]
     if bad:
         raise ValueError(f"unknown stage(s) {bad}: stages are 1, 2 and 3")
-    out = train_curriculum(args.data, args.run, stages=stages,
-                           stage_overrides=stage_overrides(args, stages, STAGE_WEIGHTS),
-                           preset=args.model_config, init=args.init, vae=load_vae_arg(args),
-                           options=train_options(args), out=args.out, until=args.stop_at)
-    return report_run(out, args.stop_at)
+    with process_group(args.device) as args.device:  # torchrun: this rank's device (cuda -> cuda:LOCAL_RANK)
+        out = train_curriculum(args.data, args.run, stages=stages,
+                               stage_overrides=stage_overrides(args, stages, STAGE_WEIGHTS),
+                               preset=args.model_config, init=args.init, vae=load_vae_arg(args),
+                               options=train_options(args), out=args.out, until=args.stop_at)
+        return report_run(out, args.stop_at)

@@ -2,7 +2,8 @@
 
 The input conv and the heads' output convs are replaced for the new VAE's channel count, the rest
 is kept (``--freeze-trunk`` trains only the convs and heads); stage 1 losses on DATA, the new
-VAE's prepared latents. Writes ``RUN/lua.safetensors`` (or ``--out``). See docs/training.md.
+VAE's prepared latents. Writes ``RUN/lua.safetensors`` (or ``--out``). Runs on N ranks under
+``torchrun --nproc_per_node N -m lua_core finetune`` as ``train`` does. See docs/training.md.
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ def run(args: argparse.Namespace) -> int:
 
     from ..train.cli import load_vae_arg, report_run, stage_overrides, train_options
     from ..train.curriculum import finetune_stage
+    from ..train.distributed import process_group
     from ..train.finetune import finetune
 
     base = finetune_stage(args.stage)
     stage = replace(base, **stage_overrides(args, [base.stage], {base.stage: base.weights})[base.stage])
-    out = finetune(args.base, args.data, args.run, stage=stage, freeze=args.freeze_trunk, vae=load_vae_arg(args),
-                   options=train_options(args), out=args.out, until=args.stop_at)
-    return report_run(out, args.stop_at)
+    with process_group(args.device) as args.device:  # torchrun: this rank's device (cuda -> cuda:LOCAL_RANK)
+        out = finetune(args.base, args.data, args.run, stage=stage, freeze=args.freeze_trunk,
+                       vae=load_vae_arg(args), options=train_options(args), out=args.out, until=args.stop_at)
+        return report_run(out, args.stop_at)

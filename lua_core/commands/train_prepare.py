@@ -1,6 +1,8 @@
 """``prepare IMAGES/ OUT/ --vae PATH``: images -> random crops -> bicubic x2/x4 -> VAE latent shards.
 
-Re-running the same command resumes (finished shards are skipped). See docs/training.md.
+Re-running the same command resumes (finished shards are skipped). Under
+``torchrun --nproc_per_node N -m lua_core prepare`` each rank encodes its own shards (the files are
+those one process makes). See docs/training.md.
 """
 
 from __future__ import annotations
@@ -40,6 +42,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..train.distributed import is_main, process_group
+
+    with process_group(args.device) as args.device:  # torchrun: this rank's device (cuda -> cuda:LOCAL_RANK)
+        m = _prepare(args)
+        if not is_main():
+            return 0
+    lr = ", ".join(f"x{s}: {n}x{n}" for s, n in m["lr_latent_sizes"].items())
+    print(f"{m['num_items']} pairs from {m['num_images']} images in {len(m['shards'])} shard(s) -> {args.out}")
+    print(f"latents: {m['latent_channels']} channels, HR {m['hr_latent_size']}x{m['hr_latent_size']}, LR {lr}; "
+          f"latent format: {m['vae'].get('latent_format') or 'unknown (pass --latent-format)'}")
+    skipped = {k: v for k, v in m["skipped"].items() if v}
+    if skipped or m["failed"]:
+        print(f"skipped: {skipped or ''} {('failed: ' + str(len(m['failed']))) if m['failed'] else ''}".strip())
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> dict:
     import torch
 
     from ..train.data import PrepareConfig, prepare
@@ -51,13 +70,5 @@ def run(args: argparse.Namespace) -> int:
                         crops_per_image=args.crops_per_image, min_side=args.min_side, seed=args.seed,
                         shard_size=args.shard_size, store_pixels=not args.no_pixels, latent_dtype=args.latent_dtype,
                         sample_posterior=args.sample_posterior)
-    m = prepare(args.images, args.out, vae, cfg, device=args.device, encode_batch=args.encode_batch,
-                workers=args.workers, progress=not args.quiet)
-    lr = ", ".join(f"x{s}: {n}x{n}" for s, n in m["lr_latent_sizes"].items())
-    print(f"{m['num_items']} pairs from {m['num_images']} images in {len(m['shards'])} shard(s) -> {args.out}")
-    print(f"latents: {m['latent_channels']} channels, HR {m['hr_latent_size']}x{m['hr_latent_size']}, LR {lr}; "
-          f"latent format: {m['vae'].get('latent_format') or 'unknown (pass --latent-format)'}")
-    skipped = {k: v for k, v in m["skipped"].items() if v}
-    if skipped or m["failed"]:
-        print(f"skipped: {skipped or ''} {('failed: ' + str(len(m['failed']))) if m['failed'] else ''}".strip())
-    return 0
+    return prepare(args.images, args.out, vae, cfg, device=args.device, encode_batch=args.encode_batch,
+                   workers=args.workers, progress=not args.quiet)

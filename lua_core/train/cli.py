@@ -13,7 +13,8 @@ from .trainer import TrainOptions
 def add_stage_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("stage settings (default: the paper's; a comma list gives one value per stage)")
     g.add_argument("--steps", help="steps per stage (paper: 125000)")
-    g.add_argument("--batch-size", help="batch size per stage (paper: 2048 for stage 1, 32 for stages 2 and 3)")
+    g.add_argument("--batch-size", help="batch size per stage (paper: 2048 for stage 1, 32 for stages 2 and 3); the "
+                   "global batch under torchrun, split evenly over the ranks")
     g.add_argument("--lr", help="Adam learning rate (paper: 2e-4)")
     g.add_argument("--weight", action="append", default=[], metavar="TERM=W",
                    help="override a loss weight in every selected stage, e.g. eagle=1e-4 (repeatable); terms: "
@@ -30,7 +31,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("running")
     g.add_argument("--vae", help="the VAE the data was prepared with (default: the path recorded by prepare); "
                    "needed by stages 2 and 3")
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu); under torchrun cuda means "
+                   "each rank's cuda:LOCAL_RANK (NCCL), cpu uses gloo")
     g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
                    help="bf16 autocast, or fp16 autocast with loss scaling (CUDA only); default fp32")
     g.add_argument("--seed", type=int, default=0, help="seeds the initialisation, the data order and the head draws")
@@ -103,7 +105,11 @@ def load_vae_arg(args: argparse.Namespace) -> Any:
 
 
 def report_run(out: Any, stop_at: int | None) -> int:
-    """Say how a training command ended (stopped at ``--stop-at``, or the file it wrote); exit 0."""
+    """Say how a training command ended (stopped at ``--stop-at``, or the file it wrote); exit 0.
+    Under torchrun only rank 0 says it."""
+    from .distributed import is_main
+    if not is_main():
+        return 0
     if out is None:
         print(f"stopped at step {stop_at}; run the same command again to continue")
     else:

@@ -17,6 +17,11 @@ Output folder::
 Deterministic: crop positions come from (seed, image path, crop index) alone, so the output does
 not depend on the order or the number of runs. Resumable: each shard is written atomically and a
 re-run skips the shards already there (checked against the plan's hash).
+
+Several ranks (``torchrun ... -m lua_core prepare``): rank 0 scans the folder and gives the plan
+to all; rank ``r`` of ``N`` encodes shards ``r, r+N, r+2N, ...`` and writes them itself; rank 0
+writes the manifest once all are done. The shards are the same files as one process makes
+(each shard's crops and posterior-sample seed depend on its index only).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .losses import downsample
 
 log = logging.getLogger(__name__)
@@ -233,6 +239,16 @@ def _chunks(items: list[Crop], n: int) -> Iterator[tuple[int, list[Crop]]]:
         yield i // n, items[i:i + n]
 
 
+def _shard_list(counts: dict[int, int]) -> list[dict[str, Any]]:
+    """The manifest's shard entries (file, count, first row) for non-empty shards, in index order."""
+    out, first = [], 0
+    for index in sorted(counts):
+        if counts[index]:
+            out.append({"file": shard_name(index), "count": counts[index], "first": first})
+            first += counts[index]
+    return out
+
+
 def encode_pairs(vae: Any, pixels: torch.Tensor, scales: tuple[int, ...], *, batch: int, device: torch.device,
                  sample: bool = False, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Encode uint8 HR crops (N, 3, S, S) and their x``scale`` low-res versions: {'hr', 'lr_x2', ...} on CPU."""
@@ -267,7 +283,8 @@ def prepare(images_dir: str | os.PathLike, out_dir: str | os.PathLike, vae: Any,
         raise ValueError(f"latent_dtype must be one of {list(LATENT_DTYPES)}, got {cfg.latent_dtype!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plan = load_or_make_plan(images_dir, out, cfg, progress)
+    main, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
+    plan = distributed.from_main(load_or_make_plan(images_dir, out, cfg, progress) if main else None)
     info = vae.info()
     identity = {k: info.get(k) for k in ("name", "file_size", "latent_channels", "downscale")}
     digest = _seed_of(plan.digest(), json.dumps(asdict(cfg), sort_keys=True), json.dumps(identity, sort_keys=True))
@@ -287,9 +304,12 @@ def prepare(images_dir: str | os.PathLike, out_dir: str | os.PathLike, vae: Any,
     device = torch.device(device)
     gen = torch.Generator(device=device) if cfg.sample_posterior else None
     dtype = LATENT_DTYPES[cfg.latent_dtype]
-    bar = tqdm(total=len(crops), desc="prepare", unit="crop", disable=not progress)
+    mine = [(i, items) for i, items in _chunks(crops, cfg.shard_size) if i % world == rank]
+    counts: dict[int, int] = {}
+    bar = tqdm(total=sum(len(items) for _, items in mine), unit="crop", disable=not progress or not main,
+               desc="prepare" if world == 1 else f"prepare (rank 0 of {world})")
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for index, items in _chunks(crops, cfg.shard_size):
+        for index, items in mine:
             path = out / shard_name(index)
             count = shard_is_done(path, index, digest)
             if count is None:
@@ -309,16 +329,27 @@ def prepare(images_dir: str | os.PathLike, out_dir: str | os.PathLike, vae: Any,
                     tmp = path.with_name(path.name + ".tmp")
                     save_file(tensors, str(tmp), metadata={"plan": digest, "shard": str(index), "count": str(count)})
                     os.replace(tmp, path)
-            if count:
-                manifest["shards"].append({"file": path.name, "count": count, "first": manifest["num_items"]})
-                manifest["num_items"] += count
-            manifest["failed"] = sorted(set(failed))
-            _write_json(out / MANIFEST, manifest)
+            counts[index] = count
+            if world == 1:  # the progress so far (several ranks: rank 0 writes the manifest at the end)
+                _fill(manifest, counts, failed)
+                _write_json(out / MANIFEST, manifest)
             bar.update(len(items))
     bar.close()
+    for c, f in distributed.gather((counts, failed)) if world > 1 else ():
+        counts.update(c)
+        failed += f
+    _fill(manifest, counts, failed)
     manifest["complete"] = True
-    _write_json(out / MANIFEST, manifest)
+    if main:
+        _write_json(out / MANIFEST, manifest)
+    distributed.barrier()  # every rank returns once the manifest is there
     return manifest
+
+
+def _fill(manifest: dict[str, Any], counts: dict[int, int], failed: list[str]) -> None:
+    manifest["shards"] = _shard_list(counts)
+    manifest["num_items"] = sum(counts.values())
+    manifest["failed"] = sorted(set(failed))
 
 
 def _try_load(root: str | os.PathLike, crop: Crop, size: int) -> torch.Tensor | None:

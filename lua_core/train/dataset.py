@@ -4,6 +4,11 @@ Resuming exactly needs the data order to be reproducible from the step alone: ba
 run is rows ``perm_e[p*B:(p+1)*B]`` with ``e = b // batches_per_epoch``, ``p = b % batches_per_epoch``
 and ``perm_e`` a permutation seeded by (seed, e). Nothing depends on how many batches were
 prefetched by loader workers or on where an earlier run stopped.
+
+Several ranks (torchrun): batch ``b`` is the *global* batch, and rank ``r`` of ``N`` reads its
+``r``-th ``B/N`` rows and only those. The rows a step trains on are then the same whatever the
+number of ranks (and the same as one process with batch ``B``), which is what makes N ranks
+equal one process and lets a run resume on another number of ranks with the same data order.
 """
 
 from __future__ import annotations
@@ -94,19 +99,27 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 class BatchOrder(Sampler[list[int]]):
     """Endless batches of row indices, starting at global batch number ``start``; last partial
-    batch of each epoch dropped so every step sees ``batch_size`` rows."""
+    batch of each epoch dropped so every step sees ``batch_size`` rows.
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0):
+    ``batch_size`` is the global batch; with ``rank``/``world`` each batch is this rank's slice of
+    it (a rank-sharded ``DistributedSampler`` that keeps the global batch's order).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int = 0, *, rank: int = 0, world: int = 1):
         if batch_size > n:
             raise ValueError(f"batch size {batch_size} is larger than the data ({n} pairs): prepare more images "
                              "or use a smaller --batch-size")
+        if batch_size % world or not 0 <= rank < world:
+            raise ValueError(f"the global batch size {batch_size} must be a multiple of the number of ranks "
+                             f"({world}): each rank trains on batch/ranks rows")
         self.n, self.batch_size, self.seed, self.start = n, batch_size, seed, start
         self.per_epoch = n // batch_size
+        self.part = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
 
     def batch(self, b: int) -> list[int]:
         e, p = divmod(b, self.per_epoch)
         perm = epoch_permutation(self.n, self.seed, e)
-        return perm[p * self.batch_size:(p + 1) * self.batch_size].tolist()
+        return perm[p * self.batch_size:(p + 1) * self.batch_size][self.part].tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         b = self.start
@@ -116,7 +129,7 @@ class BatchOrder(Sampler[list[int]]):
             e_b, p = divmod(b, self.per_epoch)
             if e_b != e:
                 e, perm = e_b, epoch_permutation(self.n, self.seed, e_b)
-            yield perm[p * self.batch_size:(p + 1) * self.batch_size].tolist()
+            yield perm[p * self.batch_size:(p + 1) * self.batch_size][self.part].tolist()
             b += 1
 
 
@@ -132,9 +145,11 @@ class _Batches(Dataset):
 
 
 def batches(data: LatentPairs, batch_size: int, *, seed: int, start: int = 0, pixels: bool = False,
-            num_workers: int = 0, pin_memory: bool = False) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless iterator of batch dicts (``hr``, ``lr_x2``, ``lr_x4``[, ``hr_pixels``]) from batch ``start``."""
-    order = BatchOrder(len(data), batch_size, seed, start)
+            num_workers: int = 0, pin_memory: bool = False, rank: int = 0,
+            world: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless iterator of batch dicts (``hr``, ``lr_x2``, ``lr_x4``[, ``hr_pixels``]) from batch ``start``
+    (this rank's ``batch_size / world`` rows of each global batch)."""
+    order = BatchOrder(len(data), batch_size, seed, start, rank=rank, world=world)
     loader = DataLoader(_Batches(data, data.fields(pixels=pixels)), sampler=order, batch_size=None,
                         num_workers=num_workers, pin_memory=pin_memory,
                         persistent_workers=False, prefetch_factor=4 if num_workers else None)

@@ -10,15 +10,14 @@ heads. The loss is stage I's (latent pairs only) unless another stage is given.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from .curriculum import StageConfig, finetune_stage
 from .dataset import LatentPairs
 from .model import adapt_channels, freeze_trunk, load_for_training
-from .pipeline import run_stage
-from .trainer import FINAL, TrainOptions, latest_checkpoint
+from .pipeline import publish, run_stage, stage_state
+from .trainer import TrainOptions
 
 
 def prepare_finetune_model(base: str | os.PathLike, channels: int, *, freeze: bool = False, seed: int = 0):
@@ -40,13 +39,11 @@ def finetune(base: str | os.PathLike, data_dir: str | os.PathLike, run_dir: str 
     data = LatentPairs(data_dir)
     sdir = Path(run_dir) / "finetune"
     model = None
-    if not (sdir / FINAL).is_file() and latest_checkpoint(sdir) is None:
+    done, ckpt = stage_state(sdir)
+    if not done and ckpt is None:
         model = prepare_finetune_model(base, data.latent_channels, freeze=freeze, seed=options.seed)
     meta = {"finetuned_from": Path(base).name, "trunk_frozen": str(bool(freeze)).lower()}
     final = run_stage(stage, data, sdir, model, vae=vae, options=options, metadata=meta, until=until)
     if final is None:
         return None
-    dst = Path(out) if out else Path(run_dir) / "lua.safetensors"
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(final, dst)
-    return dst
+    return publish(final, Path(out) if out else Path(run_dir) / "lua.safetensors")

@@ -4,6 +4,11 @@
 ``final.safetensors`` exists is done and skipped; one with checkpoints is resumed exactly; the
 next stage starts from the previous stage's EMA weights. The last stage's file is copied to
 ``RUN/lua.safetensors`` (or ``out``).
+
+Under torchrun every rank runs this; what the run folder holds (a stage done, the checkpoint to
+resume) is read by rank 0 and given to all (``distributed.from_main``), so every rank resumes from
+the same checkpoint; rank 0 alone writes. The run folder must be one every rank can read (a
+shared file system on several machines), as the data folder must.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 from ..archs.lua import LUA, LUAConfig
 from .curriculum import StageConfig, paper_stage
 from .dataset import LatentPairs
+from .distributed import from_main, is_main
 from .model import load_for_training, model_config, new_model
 from .trainer import FINAL, Trainer, TrainOptions, latest_checkpoint
 
@@ -28,6 +34,11 @@ log = logging.getLogger(__name__)
 
 def stage_dir(run_dir: str | os.PathLike, stage: StageConfig) -> Path:
     return Path(run_dir) / f"stage{stage.stage}"
+
+
+def stage_state(sdir: Path) -> tuple[bool, Path | None]:
+    """(is the stage done, its newest checkpoint) as rank 0 sees them, on every rank."""
+    return from_main(((sdir / FINAL).is_file(), latest_checkpoint(sdir)))
 
 
 def vae_for(data: LatentPairs, vae: Any, stage: StageConfig, device: str) -> Any:
@@ -54,10 +65,10 @@ def run_stage(stage: StageConfig, data: LatentPairs, sdir: str | os.PathLike, mo
     options = options or TrainOptions()
     sdir = Path(sdir)
     final = sdir / FINAL
-    if final.is_file():
+    done, ckpt = stage_state(sdir)
+    if done:
         log.info("stage %d already done: %s", stage.stage, final)
         return final
-    ckpt = latest_checkpoint(sdir)
     state = torch.load(ckpt, map_location="cpu", weights_only=True) if ckpt else None
     if state is not None:
         saved = LUAConfig.from_dict(state["config"])
@@ -77,8 +88,8 @@ def run_stage(stage: StageConfig, data: LatentPairs, sdir: str | os.PathLike, mo
     if state is not None:
         trainer.load_state_dict(state)
         log.info("resuming stage %d at step %d from %s", stage.stage, trainer.step, ckpt)
-    trainer.fit(until)
-    return final if final.is_file() else None
+    trainer.fit(until)  # returns on every rank once rank 0 has written the stage's files
+    return final if trainer.step >= stage.steps else None
 
 
 def train_curriculum(data_dir: str | os.PathLike, run_dir: str | os.PathLike, *, stages: Sequence[int] = (1, 2, 3),
@@ -98,7 +109,7 @@ def train_curriculum(data_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
     run_dir = Path(run_dir)
     prev: Path | None = Path(init) if init else None
     before = run_dir / f"stage{stages[0] - 1}" / FINAL if stages else None
-    if prev is None and before is not None and before.is_file():
+    if prev is None and before is not None and from_main(before.is_file()):
         prev = before
     final: Path | None = None
     for n in stages:
@@ -107,7 +118,8 @@ def train_curriculum(data_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
         model = None
         # a fresh first stage's config, to check a checkpoint to resume against
         wanted = model_config(preset, data.latent_channels) if prev is None else None
-        if not (sdir / FINAL).is_file() and latest_checkpoint(sdir) is None:
+        done, ckpt = stage_state(sdir)
+        if not done and ckpt is None:
             if prev is not None:
                 model = load_for_training(prev)
                 if model.config.in_chans != data.latent_channels:
@@ -123,7 +135,12 @@ def train_curriculum(data_dir: str | os.PathLike, run_dir: str | os.PathLike, *,
         prev = final
     if final is None:
         return None
-    dst = Path(out) if out else run_dir / "lua.safetensors"
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(final, dst)
+    return publish(final, Path(out) if out else run_dir / "lua.safetensors")
+
+
+def publish(final: Path, dst: Path) -> Path:
+    """Copy the last stage's file to ``dst`` (rank 0 only); returns ``dst`` on every rank."""
+    if is_main():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(final, dst)
     return dst

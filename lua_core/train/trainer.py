@@ -6,6 +6,11 @@ scaler, the RNG states and the step. The data order and the random-head choice a
 (seed, step) (``dataset.BatchOrder``, ``Trainer.heads_for``), so a run stopped at step k and resumed
 computes the same steps k+1... as one that never stopped: on CPU the weights are bit-identical.
 
+Several ranks (torchrun, ``distributed``): the model is wrapped in DistributedDataParallel, each
+rank trains on its slice of the global batch (``StageConfig.batch_size``), so the averaged
+gradient is the global batch's and the steps, schedule, EMA, clipping (after the all-reduce) and
+head draws are the one-process run's. Only rank 0 writes checkpoints, logs and files.
+
 Run folder of a stage::
 
     RUN/stageN/checkpoints/step_00001000.pt   training state (torch.save; loads with weights_only)
@@ -32,6 +37,7 @@ import torch
 
 from ..archs.lua import LUA
 from ..loading import save_model
+from . import distributed
 from .curriculum import StageConfig
 from .dataset import LatentPairs, batches
 from .ema import EMA
@@ -76,6 +82,19 @@ def _seed(*parts: Any) -> int:
     return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:15], 16)
 
 
+class StepLoss(torch.nn.Module):
+    """``objective.step_loss`` as a module: DDP wraps this, so a step (every head) is one forward
+    and the graph DDP searches for unused parameters is the whole step's loss."""
+
+    def __init__(self, model: LUA, stage: StageConfig):
+        super().__init__()
+        self.model, self.stage = model, stage
+
+    def forward(self, batch: dict[str, torch.Tensor], heads: list[tuple[str, int]],
+                vae: Any = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return step_loss(self.model, heads, batch, self.stage, vae)
+
+
 class Trainer:
     """Optimises a LUA module for one stage on prepared data; see the module docstring."""
 
@@ -103,6 +122,9 @@ class Trainer:
         self.heads = head_pairs(self.model)
         self.step = 0
         self.data_seed = _seed(opt.seed, "data", stage.stage)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        one_head_steps = len(self.heads) > 1 and stage.random_head_start < stage.steps
+        self.loss_fn = distributed.wrap(StepLoss(self.model, stage), self.device, find_unused=one_head_steps)
 
     # -- checks -------------------------------------------------------------------------------
     def _check(self, model: LUA) -> None:
@@ -111,6 +133,10 @@ class Trainer:
             raise ValueError(f"precision must be fp32, bf16 or fp16, not {opt.precision!r}")
         if opt.precision == "fp16" and self.device.type != "cuda":
             raise ValueError("fp16 training needs CUDA (GradScaler); use bf16 or fp32 on this device")
+        world = distributed.world_size()
+        if stage.batch_size % world:
+            raise ValueError(f"stage {stage.stage}: the batch size ({stage.batch_size}) is the global batch and must "
+                             f"be a multiple of the number of ranks ({world})")
         if model.config.in_chans != data.latent_channels:
             raise ValueError(f"the model takes {model.config.in_chans}-channel latents but {data.root} holds "
                              f"{data.latent_channels}-channel ones (use finetune to adapt a model to another VAE)")
@@ -206,10 +232,12 @@ class Trainer:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """One optimisation step on a batch (already on the device): (loss, terms, grad norm)."""
+        """One optimisation step on a batch (already on the device; this rank's part of the global
+        batch): (loss, terms, grad norm). Under DDP the backward all-reduces (averages) the
+        gradients, so the clipping and the step below see the global batch's gradient."""
         heads = self.heads_for(self.step)
         with self._autocast():
-            loss, terms = step_loss(self.model, heads, batch, self.stage, self.vae)
+            loss, terms = self.loss_fn(batch, heads, self.vae)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
@@ -225,18 +253,21 @@ class Trainer:
         """The data from the current step on (the same order a run without interruption sees)."""
         return batches(self.data, self.stage.batch_size, seed=self.data_seed, start=self.step,
                        pixels=self.stage.needs_pixels, num_workers=self.options.num_workers,
-                       pin_memory=self.device.type == "cuda")
+                       pin_memory=self.device.type == "cuda", rank=self.rank, world=self.world)
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self, until: int | None = None) -> dict[str, Any]:
         """Train to the end of the stage (or to step ``until``, then save and return, as an
-        interrupted run would). At the end: a last checkpoint and ``final.safetensors`` (EMA)."""
+        interrupted run would). At the end: a last checkpoint and ``final.safetensors`` (EMA).
+        Every rank runs this; rank 0 alone writes, and all return once its files are written."""
         from tqdm import tqdm
         end = self.stage.steps if until is None else min(until, self.stage.steps)
         opt = self.options
-        runlog = RunLog(self.run_dir, tensorboard=opt.tensorboard, console=tqdm.write if opt.console else None)
+        main = self.rank == 0
+        runlog = RunLog(self.run_dir, tensorboard=opt.tensorboard,
+                        console=tqdm.write if opt.console else None) if main else None
         bar = tqdm(total=self.stage.steps, initial=self.step, desc=f"stage {self.stage.stage}", unit="step",
-                   disable=not opt.console, dynamic_ncols=True)
+                   disable=not opt.console or not main, dynamic_ncols=True)
         sums: dict[str, torch.Tensor] = {}
         n, t0, last = 0, time.perf_counter(), {}
         data = self.batches() if self.step < end else iter(())
@@ -250,28 +281,32 @@ class Trainer:
                 if self.step % opt.log_every == 0 or self.step == end:
                     last = self._log(runlog, sums, n, time.perf_counter() - t0)
                     sums, n, t0 = {}, 0, time.perf_counter()
-                if self.step % opt.save_every == 0 and self.step < end:
+                if self.step % opt.save_every == 0 and self.step < end and main:
                     self.save()
         finally:
             bar.close()
-            runlog.close()
+            if runlog is not None:
+                runlog.close()
             del data  # stop loader workers
-        if self.step > 0:
+        if self.step > 0 and main:
             self.save()
-        if self.step >= self.stage.steps:
+        if self.step >= self.stage.steps and main:
             self.export(self.run_dir / FINAL)
+        distributed.barrier()  # the other ranks go on only once rank 0's files are there
         return {"step": self.step, **last}
 
-    def _log(self, runlog: RunLog, sums: dict[str, torch.Tensor], n: int, seconds: float) -> dict[str, float]:
-        values = {k: float(v) / n for k, v in sums.items()}
+    def _log(self, runlog: RunLog | None, sums: dict[str, torch.Tensor], n: int, seconds: float) -> dict[str, float]:
+        # every rank: the means over the ranks (one all-reduce), so all of them stop on a NaN together
+        values = {k: float(v) / n for k, v in distributed.mean_over_ranks(sums).items()}
         bad = [k for k, v in values.items() if k.startswith("loss") and not math.isfinite(v)]
         if bad:
             raise FloatingPointError(f"stage {self.stage.stage}: {', '.join(bad)} became NaN/inf by step {self.step}; "
                                      "lower the learning rate, or train in fp32")
         values["lr"] = self.scheduler.get_last_lr()[0]
         values["it_per_s"] = n / max(seconds, 1e-9)
-        values["samples_per_s"] = values["it_per_s"] * self.stage.batch_size
-        runlog.write(self.step, values, prefix=f"[stage {self.stage.stage}] ")
+        values["samples_per_s"] = values["it_per_s"] * self.stage.batch_size  # the global batch
+        if runlog is not None:
+            runlog.write(self.step, values, prefix=f"[stage {self.stage.stage}] ")
         return values
 
     # -- export -------------------------------------------------------------------------------
