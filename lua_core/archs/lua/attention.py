@@ -28,7 +28,10 @@ MASK_IN_BIAS_ON = ("cuda",)
 
 
 #: devices whose GEMMs add a bias vector in their epilogue for free (cuBLASLt), where a separate
-#: add costs a kernel launch and a pass over the output; a CPU GEMM would copy the bias first
+#: add costs a kernel launch and a pass over the output; a CPU GEMM copies the bias into its output
+#: first, a pass as costly as the add: no faster in fp32 (``benchmarks/cpu_alternatives.py``) nor in
+#: bf16 with AMX (``benchmarks/cpu_bf16.py``, "epilogue": within 4% either way, wall against CPU time).
+#: Entries are device types, or "type:dtype" for one dtype on a device (``applies``).
 BIAS_IN_GEMM_ON = ("cuda",)
 
 
@@ -40,6 +43,13 @@ class AttentionWeights(NamedTuple):
     proj: torch.Tensor  # (C, heads * head_dim)
     proj_bias: torch.Tensor  # (C,): proj's bias with the value bias folded in (``proj_bias``)
     head_dim: int  # padded where ``PAD_HEAD_DIM_ON``
+
+
+def applies(flags: tuple[str, ...], t: torch.Tensor) -> bool:
+    """Whether a ``*_ON`` choice holds for tensors like ``t``: its device type is listed, or its
+    "type:dtype" ("cpu:bfloat16")."""
+    kind = t.device.type
+    return kind in flags or f"{kind}:{str(t.dtype).removeprefix('torch.')}" in flags
 
 
 def head_dim_pad(head_dim: int, device: torch.device | str) -> int:
@@ -165,7 +175,7 @@ class WindowAttention(KeepsDerived):
             hd, c = kept.head_dim, kept.qkv.shape[0] // 3
             buf = workspace.get("qkv", (b * nw * n, 3 * c), x)
             flat = x.reshape(-1, x.shape[-1])
-            if kept.qkv_bias is not None and x.device.type in BIAS_IN_GEMM_ON:
+            if kept.qkv_bias is not None and applies(BIAS_IN_GEMM_ON, x):
                 qkv, qbias = torch.addmm(kept.qkv_bias, flat, kept.qkv.t(), out=buf), None
             else:
                 qkv = torch.mm(flat, kept.qkv.t(), out=buf)

@@ -176,7 +176,7 @@ class SwinBlock(KeepsDerived):
             return (win + self.mlp(self.norm2(win))).view(b, n_tok, c)
         kept = self.attn.inference_weights()
         fc1, fc2 = self.mlp.fc1, self.mlp.fc2
-        fc1_in_gemm = fc1.bias is not None and t.device.type in attention.BIAS_IN_GEMM_ON
+        fc1_in_gemm = fc1.bias is not None and attention.applies(attention.BIAS_IN_GEMM_ON, t)
         workspace = workspace or Workspace()
         for bs, w0, w1 in _chunks(b, nw, chunk_windows):
             w = win[bs, w0:w1]
