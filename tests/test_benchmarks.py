@@ -54,9 +54,11 @@ def test_gpu_check_dry_run_on_cpu() -> None:
 
 
 def test_cpu_bf16_runs_every_section() -> None:
-    out = run("cpu_bf16.py", "--sizes", "16", "--repeat", "1", "--sections", "gemm,forward,attention,epilogue,peers")
+    out = run("cpu_bf16.py", "--sizes", "16", "--repeat", "1", "--sections",
+              "gemm,forward,attention,epilogue,onednn,peers")
     for title in ("gemm: 5 calls", "forward: 16^2 x2", "forward: 16^2 x4", "attention: one unshifted",
-                  "epilogue: whole", "peers: city96", "peers: NNLatentUpscale", "peers: LSSGen", "peers: SesquiLSR"):
+                  "epilogue: whole", "onednn: whole", "peers: city96", "peers: NNLatentUpscale", "peers: LSSGen",
+                  "peers: SesquiLSR"):
         assert f"-- {title}" in out, out
     assert "bf16 / fp32 GEMM rate" in out and "bf16 matmul bound" in out, out
     # the bf16 LUA forward against the fp32 one (random weights N(0, 0.02)): measured 4e-3
