@@ -12,8 +12,11 @@ where its time goes. Sections (``--sections``):
 * profile:   torch.profiler's self CPU time per op of one x2 forward at the largest size, bf16 and fp32;
 * attention: one unshifted block's window attention in bf16: the fused SDPA kernel, SDPA in fp32
              (inputs cast), and explicit batched GEMMs with an fp32 softmax, per window;
-* epilogue:  the bf16 forward with separate bias adds (the default) and with the qkv/fc1 biases added
-             inside their GEMMs (``attention.BIAS_IN_GEMM_ON`` with "cpu:bfloat16");
+* epilogue:  the bf16 forward on torch's mm with separate bias adds and with the qkv/fc1 biases added
+             by addmm (``attention.BIAS_IN_GEMM_ON`` with "cpu:bfloat16"), oneDNN's fused linears off;
+* onednn:    the bf16 forward with the qkv and fc1 linears as oneDNN's fused linear (query bias, fc1 bias
+             and GELU in the GEMM epilogue; the default on CPU bf16, ``attention.ONEDNN_LINEAR_ON``)
+             and with torch's mm plus separate passes;
 * peers:     city96, NNLatentUpscale, LSSGen and SesquiLSR (released shapes, random weights) in bf16
              against their fp32 forward (``lua_core.upscale_latent``), what ``dtype=auto`` follows
              (``lua_core.precision``).
@@ -185,24 +188,51 @@ def epilogue(args: argparse.Namespace) -> None:
     size = max(args.sizes)
     model = released_model("cpu", torch.bfloat16)
     x = torch.randn(1, 16, size, size, dtype=torch.bfloat16)
-    saved = lua_attention.BIAS_IN_GEMM_ON
+    saved = lua_attention.BIAS_IN_GEMM_ON, lua_attention.ONEDNN_LINEAR_ON
 
     def run(flags: tuple[str, ...]) -> Callable[[], object]:
         def fn() -> object:
-            lua_attention.BIAS_IN_GEMM_ON = flags
+            # torch's mm path on both sides (oneDNN's fused linears, the default, take precedence)
+            lua_attention.BIAS_IN_GEMM_ON, lua_attention.ONEDNN_LINEAR_ON = flags, ()
             try:
                 return model(x, "x2")
             finally:
-                lua_attention.BIAS_IN_GEMM_ON = saved
+                lua_attention.BIAS_IN_GEMM_ON, lua_attention.ONEDNN_LINEAR_ON = saved
         return fn
 
-    fns = {"separate bias adds (the default)": run(saved),
-           "qkv, fc1 bias via addmm": run((*saved, "cpu:bfloat16"))}
+    fns = {"mm + separate bias adds": run(saved[0]), "qkv, fc1 bias via addmm": run((*saved[0], "cpu:bfloat16"))}
     with torch.inference_mode():
         a, b = (fn() for fn in fns.values())
         res = alternate(fns, args.repeat)
     show(f"epilogue: whole bf16 forward, {size}^2 x2 (max diff {(a.float() - b.float()).abs().max().item():.1e})",
          res, next(iter(fns)), 1, "s")
+
+
+def onednn(args: argparse.Namespace) -> None:
+    size = max(args.sizes)
+    model = released_model("cpu", torch.bfloat16)
+    m32 = released_model("cpu", torch.float32)
+    x32 = torch.randn(1, 16, size, size)
+    x = x32.bfloat16()
+    saved = lua_attention.ONEDNN_LINEAR_ON
+
+    def run(flags: tuple[str, ...]) -> Callable[[], torch.Tensor]:
+        def fn() -> torch.Tensor:
+            lua_attention.ONEDNN_LINEAR_ON = flags
+            try:
+                return model(x, "x2")
+            finally:
+                lua_attention.ONEDNN_LINEAR_ON = saved
+        return fn
+
+    fns = {"oneDNN fused qkv and fc1+GELU (the default)": run(saved), "torch mm + bias/GELU passes": run(())}
+    with torch.inference_mode():
+        ref = m32(x32, "x2")
+        for name, fn in fns.items():
+            d = (fn().float() - ref).abs()
+            print(f"   {name}: bf16 vs fp32 max |diff| {d.max().item():.2e}, mean {d.mean().item():.3e}")
+        res = alternate(fns, args.repeat)
+    show(f"onednn: whole bf16 forward, {size}^2 x2", res, next(iter(fns)), 1, "s")
 
 
 def peer_models() -> list[tuple[str, torch.nn.Module, int, float, str | None]]:
@@ -240,7 +270,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="32,64", help="latent sides (the largest is used by profile/attention)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--sections", default="gemm,forward,profile,attention,epilogue,peers")
+    ap.add_argument("--sections", default="gemm,forward,profile,attention,epilogue,onednn,peers")
     add_log_argument(ap)
     args = ap.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
@@ -254,7 +284,7 @@ def main() -> None:
     for name in sections:
         if name == "forward":
             forward(args, rates)
-        elif name in ("profile", "attention", "epilogue", "peers"):
+        elif name in ("profile", "attention", "epilogue", "onednn", "peers"):
             globals()[name](args)
         elif name != "gemm":
             raise SystemExit(f"unknown section {name!r}")
