@@ -5,6 +5,7 @@
     python benchmarks/lua_speed.py pipeline  # LUA x2 + decode vs decode + SwinIR x2 vs bicubic + decode
     python benchmarks/lua_speed.py tiling    # tiled vs one-shot difference at the default overlap
     python benchmarks/lua_speed.py drift     # fp16 / bf16 against fp32 on the conformance models
+    python benchmarks/lua_speed.py sizes     # time and peak memory, x2 and x4, 32^2-256^2, fp32 and bf16
     python benchmarks/lua_speed.py all
 
 Options: --device cpu|cuda, --dtype fp32|bf16|fp16, --sizes 32,64, --threads N, --repeat N.
@@ -297,6 +298,75 @@ def bench_memory(args) -> list[dict]:
     return rows
 
 
+# -- sizes ----------------------------------------------------------------------------------------
+
+_SIZE_CHILD = r"""
+import json, re, statistics, sys, time, torch
+sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
+from lua_speed import released_model
+from lua_core import upscale_latent
+from lua_core.archs.lua import plan_forward
+torch.set_num_threads({threads})
+size, scale, budget, repeat, dtype = {size}, {scale}, {budget}, {repeat}, getattr(torch, {dtype!r})
+model = released_model("cpu", dtype)
+x = torch.randn(1, 16, size, size, dtype=dtype)
+plan = plan_forward(model.config, tuple(x.shape), model.head_for(scale), budget, x.element_size())
+with torch.inference_mode():  # builds what the model keeps (biases, folded heads), not counted below
+    upscale_latent(model, torch.randn(1, 16, 16, 16, dtype=dtype), scale)
+def status(key):
+    return int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read())[1]) * 1024
+open("/proc/self/clear_refs", "w").write("5")  # the peak RSS (VmHWM) restarts from the RSS now
+base = status("VmRSS")
+wall, cpu = [], []
+with torch.inference_mode():
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = upscale_latent(model, x, scale, max_memory=budget)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+peak = status("VmHWM") - base
+print(json.dumps(dict(wall=statistics.median(wall), cpu=statistics.median(cpu), peak=peak, plan=str(plan),
+                      out=list(out.shape), runs=repeat)))
+"""
+
+
+def bench_sizes(args) -> list[dict]:
+    """Time and peak working memory of x2 and x4 at each latent side, fp32 and bf16, with the memory plan
+    ``upscale_latent`` picks for ``--size-budget`` GiB (released config, random weights).
+
+    One fresh process per row: after a warm-up forward at 16^2 (which builds what the model keeps), Linux's
+    peak-RSS counter is reset (``/proc/self/clear_refs``) and the peak is its growth over the RSS then, so
+    it is the forwards' working memory (with the input and output) alone; glibc is told to return freed
+    blocks at once, as in ``memory``. Each row is the median of ``--repeat`` forwards (``--big-repeat``
+    from 128^2 up).
+    """
+    budget = int(args.size_budget * 2**30)
+    rows = []
+    print(f"x2 and x4, released config, cpu, {torch.get_num_threads()} threads, max_memory {args.size_budget:g} GiB; "
+          "wall and CPU seconds are medians, peak = growth of the peak RSS over the RSS before the forwards")
+    print(f"{'latent':>8} {'pixels':>10} {'head':>4} {'dtype':>5} {'wall s':>8} {'cpu s':>8} {'runs':>4} "
+          f"{'peak MiB':>9} {'s per Mpx':>10}  plan")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="65536")
+    for dname in args.size_dtypes:
+        for size in args.size_list:
+            for scale in (2, 4):
+                repeat = args.repeat if size < 128 else args.big_repeat
+                code = _SIZE_CHILD.format(root=str(ROOT), bench=str(ROOT / "benchmarks"), size=size, scale=scale,
+                                          budget=budget, repeat=repeat, threads=torch.get_num_threads(),
+                                          dtype=str(DTYPES[dname]).removeprefix("torch."))
+                res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+                if res.returncode:
+                    print(res.stderr[-2000:])
+                    continue
+                r = json.loads(res.stdout.strip().splitlines()[-1])
+                px = (size * 8 * scale) ** 2  # decoded output pixels (8 px per latent pixel)
+                rows.append(dict(size=size, head=f"x{scale}", dtype=dname, **r))
+                print(f"{size:>6}^2 {size * 8 * scale:>5}^2 px {'x' + str(scale):>4} {dname:>5} {r['wall']:>8.2f} "
+                      f"{r['cpu']:>8.2f} {r['runs']:>4} {r['peak'] / 2**20:>9.0f} {r['wall'] / px * 1e6:>10.3f}  "
+                      f"{r['plan']}", flush=True)
+    return rows
+
+
 # -- pipeline -------------------------------------------------------------------------------------
 
 def _comfy_vae(device: str, channels: int = 16):
@@ -411,27 +481,33 @@ def bench_drift(args) -> list[dict]:
         man = json.loads((folder / "manifest.json").read_text())
         for dname in ("bf16", "fp16") + (("fp32",) if args.device.startswith("cuda") else ()):
             m = lua_core.load_model(folder / "weights.safetensors", dtype=DTYPES[dname], device=args.device)
-            worst = 0.0
+            worst, total, count = 0.0, 0.0, 0
             for c in man["cases"]:
                 x = vec[c["input_key"]].to(args.device, DTYPES[dname])
                 y = lua_core.upscale_latent(m, x, c["scale"])
-                worst = max(worst, (y.float().cpu() - vec[c["output_key"]]).abs().max().item())
+                d = (y.float().cpu() - vec[c["output_key"]]).abs()
+                worst, total, count = max(worst, d.max().item()), total + d.sum().item(), count + d.numel()
             absmax = max(abs(c["output_absmax"]) for c in man["cases"])
-            rows.append(dict(model=name, dtype=dname, max_abs=worst, relative=worst / absmax))
+            rows.append(dict(model=name, dtype=dname, max_abs=worst, mean_abs=total / count, relative=worst / absmax))
             print(f"{name} {dname} ({args.device}): max |diff| vs fp32 official {worst:.2e} "
-                  f"({100 * worst / absmax:.2f}% of |out| max)")
+                  f"({100 * worst / absmax:.2f}% of |out| max), mean {total / count:.2e} over "
+                  f"{len(man['cases'])} cases")
     return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["speed", "memory", "pipeline", "tiling", "drift", "all"])
+    ap.add_argument("what", choices=["speed", "memory", "pipeline", "tiling", "drift", "sizes", "all"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     ap.add_argument("--sizes", default="32,64", help="latent sides for 'speed'")
     ap.add_argument("--pipeline-sizes", default="32", help="latent sides for 'pipeline'")
     ap.add_argument("--memory-size", type=int, default=128, help="latent side for 'memory' (x4)")
     ap.add_argument("--budgets", default="4,2,1", help="max_memory values in GiB for 'memory'")
+    ap.add_argument("--size-list", default="32,64,128,256", help="latent sides for 'sizes'")
+    ap.add_argument("--size-dtypes", default="fp32,bf16", help="dtypes for 'sizes'")
+    ap.add_argument("--size-budget", type=float, default=2.0, help="max_memory in GiB for 'sizes'")
+    ap.add_argument("--big-repeat", type=int, default=1, help="forwards per row from 128^2 up for 'sizes'")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", help="also write the rows here")
@@ -445,6 +521,8 @@ def run(args: argparse.Namespace) -> None:
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.pipeline_sizes = [int(s) for s in args.pipeline_sizes.split(",")]
     args.budgets = [float(s) for s in args.budgets.split(",")]
+    args.size_list = [int(s) for s in args.size_list.split(",")]
+    args.size_dtypes = args.size_dtypes.split(",")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, device {args.device}"

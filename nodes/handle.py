@@ -113,9 +113,10 @@ def run_upscale(handle: LUAModelHandle, samples: torch.Tensor, scale: float, *,
         # full load: a partial (lowvram) load moves only leaf modules' own weights and would leave LUA's
         # relative-position tables and buffers on the CPU
         kept = upscaler.kept_memory(device)  # once per model, not per sample
-        log.info("ComfyUI-LUA: reserving %.1f MiB to upscale with %s: %.1f MiB working memory (%s) + %.1f MiB "
-                 "it keeps on %s", (need + kept) / 2**20, handle.name, need / 2**20, upscaler.memory_estimate,
-                 kept / 2**20, device)
+        log.info("ComfyUI-LUA: reserving %.1f MiB to upscale with %s in %s (%s): %.1f MiB working memory (%s) + "
+                 "%.1f MiB it keeps on %s", (need + kept) / 2**20, handle.name,
+                 str(upscaler.dtype).removeprefix("torch."), handle.info.get("dtype_reason", "as loaded"),
+                 need / 2**20, upscaler.memory_estimate, kept / 2**20, device)
         mm.load_models_gpu([handle.patcher], memory_required=need + kept, force_full_load=True)
         mm.throw_exception_if_processing_interrupted()
 

@@ -60,8 +60,9 @@ class LoadLUAModel(io.ComfyNode):
                         "licence stated.")),
                 io.Combo.Input(
                     "dtype", options=list(DTYPES), default="auto",
-                    tooltip=("Weights precision. auto: fp32 on the CPU; on a GPU bf16 where ComfyUI would use it, "
-                             "else fp16 where supported, else fp32.")),
+                    tooltip=("Weights precision. auto: on a CPU, bf16 where it has bf16 matrix units (Intel AMX: "
+                             "about 3x faster than fp32 for LUA), else fp32; on a GPU bf16 where ComfyUI would use "
+                             "it, else fp16 where supported, else fp32.")),
                 io.Model.Input(
                     "model", optional=True,
                     tooltip=("Optional: the diffusion model whose latents you upscale. Its latent format lets "
@@ -93,7 +94,7 @@ class LoadLUAModel(io.ComfyNode):
 
 def load(model_name: str, dtype: str = "auto", model: Any = None) -> LUAModelHandle:
     """The node's work, callable from other nodes: resolve, check, fetch, load (cached), wrap."""
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype, dtype_reason = resolve_dtype(dtype)
     fmt, channels = model_latent(model)
     local = catalog.local_choices()
     if model_name == catalog.AUTO:
@@ -120,7 +121,7 @@ def load(model_name: str, dtype: str = "auto", model: Any = None) -> LUAModelHan
     if family.research_only:
         log.warning("ComfyUI-LUA: %s is an %s upsampler: %s.", choice.name, family.label, catalog.RESEARCH_USE)
     info = {"path": str(path), "family": upscaler.family, "source": "download" if choice.is_download else "local",
-            "dtype": str(torch_dtype).removeprefix("torch.")}
+            "dtype": str(torch_dtype).removeprefix("torch."), "dtype_reason": dtype_reason}
     if choice.research_only or family.research_only:
         info["license"] = catalog.RESEARCH_USE
     elif choice.license:
@@ -203,24 +204,28 @@ def materialise(choice: catalog.Choice) -> Path:
                        f"{dest} by hand.") from None
 
 
-def resolve_dtype(choice: str) -> torch.dtype:
-    """``auto``: fp32 on the CPU; on a GPU bf16 where ``should_use_bf16`` says so, else fp16 where
-    ``should_use_fp16`` does, else fp32 (the same tests ComfyUI applies to its own models)."""
+def resolve_dtype(choice: str) -> tuple[torch.dtype, str]:
+    """(dtype, why). ``auto`` on the CPU: bf16 where torch reports bf16 matrix units (AMX), else fp32
+    (``lua_core.precision``, measured in benchmarks/cpu_bf16.py); on a GPU bf16 where
+    ``should_use_bf16`` says so, else fp16 where ``should_use_fp16`` does, else fp32 (the same tests
+    ComfyUI applies to its own models)."""
     if choice not in DTYPES:
         raise LuaError(f"dtype must be one of {', '.join(DTYPES)}, not {choice!r}.")
     fixed = DTYPES[choice]
     if fixed is not None:
-        return fixed
+        return fixed, "chosen in the loader node"
     import comfy.model_management as mm
+
+    from ..lua_core.precision import cpu_auto_dtype
 
     device = mm.get_torch_device()
     if mm.is_device_cpu(device):
-        return torch.float32
+        return cpu_auto_dtype()
     if mm.should_use_bf16(device):
-        return torch.bfloat16
+        return torch.bfloat16, f"auto: ComfyUI would use bf16 on {device}"
     if mm.should_use_fp16(device):
-        return torch.float16
-    return torch.float32
+        return torch.float16, f"auto: ComfyUI would use fp16 on {device} (no bf16 there)"
+    return torch.float32, f"auto: ComfyUI would use neither bf16 nor fp16 on {device}"
 
 
 def cached_patcher(path: Path, dtype: torch.dtype) -> Any:

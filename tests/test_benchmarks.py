@@ -51,3 +51,23 @@ def test_gpu_check_dry_run_on_cpu() -> None:
     assert len(variants) == 6, out
     assert all(float(v[-1]) < 1e-4 for v in variants), out  # fp32 against the fp32 baseline
     assert out.count("max |diff| vs fp32 official") == 4, out
+
+
+def test_cpu_bf16_runs_every_section() -> None:
+    out = run("cpu_bf16.py", "--sizes", "16", "--repeat", "1", "--sections",
+              "gemm,forward,attention,epilogue,onednn,peers")
+    for title in ("gemm: 5 calls", "forward: 16^2 x2", "forward: 16^2 x4", "attention: one unshifted",
+                  "epilogue: whole", "onednn: whole", "peers: city96", "peers: NNLatentUpscale", "peers: LSSGen",
+                  "peers: SesquiLSR"):
+        assert f"-- {title}" in out, out
+    assert "bf16 / fp32 GEMM rate" in out and "bf16 matmul bound" in out, out
+    # the bf16 LUA forward against the fp32 one (random weights N(0, 0.02)): measured 4e-3
+    drifts = [float(d) for d in re.findall(r"bf16 vs fp32 output .*max \|diff\| ([0-9.e+-]+)", out)]
+    assert len(drifts) == 2 and max(drifts) < 0.02, out
+    assert float(re.search(r"epilogue: whole bf16 forward, .*max diff ([0-9.e+-]+)", out)[1]) < 0.02, out
+
+
+def test_size_table_runs_both_dtypes() -> None:
+    out = run("lua_speed.py", "sizes", "--size-list", "16", "--repeat", "1")
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s+16\^2\s", line)]
+    assert [(r[3], r[4]) for r in rows] == [("x2", "fp32"), ("x4", "fp32"), ("x2", "bf16"), ("x4", "bf16")], out

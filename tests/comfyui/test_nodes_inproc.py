@@ -44,6 +44,14 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def _fp32_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dtype=auto`` as on a CPU without bf16 matrix units (fp32), whatever this host has: the tests here
+    compare the node's outputs with lua_core's fp32 forward. The AMX rule is tested with the detection
+    mocked both ways (``test_auto_dtype_on_cpu_follows_bf16_matrix_units``)."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+
+
 @pytest.fixture
 def upscale_dir(comfy_inproc: harness.InProcComfy, lua_pack: ModuleType, tmp_path: Path) -> Iterator[Path]:
     """A private, empty ``latent_upscale_models`` (ComfyUI's folder entry pointed at it, then restored)."""
@@ -567,6 +575,33 @@ def test_dtype_choices(comfy_inproc: harness.InProcComfy, upscale_dir: Path, cho
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     ref = upscale(comfy_inproc, {"samples": latent}, load(comfy_inproc, "lua_flux.pth", dtype="fp32"))["samples"]
     assert torch.allclose(out, ref, atol=0.05 if dtype != torch.float32 else 0)
+
+
+@pytest.mark.comfyui
+@pytest.mark.parametrize("units", [False, True], ids=["no-bf16-units", "amx"])
+def test_auto_dtype_on_cpu_follows_bf16_matrix_units(comfy_inproc: harness.InProcComfy, upscale_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture, units: bool) -> None:
+    """dtype=auto on the CPU: bf16 where torch reports bf16 matrix units (AMX tiles), fp32 elsewhere
+    (issue #20, measured in benchmarks/cpu_bf16.py); the upscale node's log line names the dtype it ran in
+    and why."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: units)
+    place_lua(upscale_dir)
+    handle = load(comfy_inproc, "lua_flux.pth", dtype="auto")
+    want = torch.bfloat16 if units else torch.float32
+    assert handle.upscaler.dtype == want
+    assert handle.info["dtype"] == str(want).removeprefix("torch.")
+    with caplog.at_level("INFO", logger="ComfyUI-LUA"):
+        out = upscale(comfy_inproc, {"samples": torch.randn(1, 16, 8, 8)}, handle)["samples"]
+    assert out.dtype == torch.float32
+    line = next(r.getMessage() for r in caplog.records if "reserving" in r.getMessage())
+    assert f"in {str(want).removeprefix('torch.')} (auto: " in line, line
+    assert ("has bf16 matrix units (torch reports AMX tiles)" if units else "no bf16 matrix units") in line, line
+    fixed = load(comfy_inproc, "lua_flux.pth", dtype="fp32")
+    with caplog.at_level("INFO", logger="ComfyUI-LUA"):
+        upscale(comfy_inproc, {"samples": torch.randn(1, 16, 8, 8)}, fixed)
+    assert "in float32 (chosen in the loader node)" in [r.getMessage() for r in caplog.records
+                                                        if "reserving" in r.getMessage()][-1]
 
 
 @pytest.mark.comfyui

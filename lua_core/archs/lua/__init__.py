@@ -18,6 +18,8 @@ numbers (fp32, within 1e-4):
   kind (``MASK_IN_BIAS_ON``) and the head dim padded inside kept weights (``PAD_HEAD_DIM_ON``);
 * the heads' linear tails are folded into one convolution at the latent size (``folded_head``), and
   on CPU fp32 the wide 3x3 convolutions run as Winograd F(2x2, 3x3) (``winograd``);
+* on CPU bf16 (AMX), the qkv projection and fc1 run as oneDNN linears with the query bias, fc1's bias
+  and the GELU in the GEMM epilogue (``ONEDNN_LINEAR_ON``): fewer passes, one rounding to bf16;
 * the convolutions of the heads (and the trunk's) can run in bands of rows with the halo each band
   needs.
 

@@ -8,6 +8,7 @@ at call time so tests can switch them on for the CPU).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -28,7 +29,10 @@ MASK_IN_BIAS_ON = ("cuda",)
 
 
 #: devices whose GEMMs add a bias vector in their epilogue for free (cuBLASLt), where a separate
-#: add costs a kernel launch and a pass over the output; a CPU GEMM would copy the bias first
+#: add costs a kernel launch and a pass over the output; a CPU GEMM copies the bias into its output
+#: first, a pass as costly as the add: no faster in fp32 (``benchmarks/cpu_alternatives.py``) nor in
+#: bf16 with AMX (``benchmarks/cpu_bf16.py``, "epilogue": within 4% either way, wall against CPU time).
+#: Entries are device types, or "type:dtype" for one dtype on a device (``applies``).
 BIAS_IN_GEMM_ON = ("cuda",)
 
 
@@ -40,6 +44,35 @@ class AttentionWeights(NamedTuple):
     proj: torch.Tensor  # (C, heads * head_dim)
     proj_bias: torch.Tensor  # (C,): proj's bias with the value bias folded in (``proj_bias``)
     head_dim: int  # padded where ``PAD_HEAD_DIM_ON``
+
+
+#: where the qkv projection (with the query bias) and fc1 (with its bias and the GELU) run as oneDNN
+#: linears with the bias and GELU in the GEMM's epilogue (``torch.ops.mkldnn._linear_pointwise``): bf16 on
+#: the CPU, where that saves a pass over their outputs each (the strided query-bias add, the fc1 bias add
+#: and GELU) and rounds to bf16 once, after them (``benchmarks/cpu_bf16.py``, "onednn"). fp32 keeps
+#: its own ops: exact as tested, and the fused form was no faster there (``cpu_alternatives.py``)
+ONEDNN_LINEAR_ON = ("cpu:bfloat16",)
+
+
+@functools.cache
+def _has_onednn_linear() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def onednn_linear(t: torch.Tensor) -> bool:
+    """Whether linears on tensors like ``t`` run through oneDNN's fused form (``ONEDNN_LINEAR_ON``, and
+    this torch build has it)."""
+    return applies(ONEDNN_LINEAR_ON, t) and _has_onednn_linear()
+
+
+def applies(flags: tuple[str, ...], t: torch.Tensor) -> bool:
+    """Whether a ``*_ON`` choice holds for tensors like ``t``: its device type is listed, or its
+    "type:dtype" ("cpu:bfloat16")."""
+    kind = t.device.type
+    return kind in flags or f"{kind}:{str(t.dtype).removeprefix('torch.')}" in flags
 
 
 def head_dim_pad(head_dim: int, device: torch.device | str) -> int:
@@ -163,12 +196,15 @@ class WindowAttention(KeepsDerived):
             # as SwinBlock's output projection (kept.proj) expects
             kept = self.inference_weights()
             hd, c = kept.head_dim, kept.qkv.shape[0] // 3
-            buf = workspace.get("qkv", (b * nw * n, 3 * c), x)
             flat = x.reshape(-1, x.shape[-1])
-            if kept.qkv_bias is not None and x.device.type in BIAS_IN_GEMM_ON:
+            if kept.qkv_bias is not None and onednn_linear(x):  # oneDNN allocates its own output
+                qkv = torch.ops.mkldnn._linear_pointwise(flat, kept.qkv, kept.qkv_bias, "none", [], "")
+                qbias = None
+            elif kept.qkv_bias is not None and applies(BIAS_IN_GEMM_ON, x):
+                buf = workspace.get("qkv", (b * nw * n, 3 * c), x)
                 qkv, qbias = torch.addmm(kept.qkv_bias, flat, kept.qkv.t(), out=buf), None
             else:
-                qkv = torch.mm(flat, kept.qkv.t(), out=buf)
+                qkv = torch.mm(flat, kept.qkv.t(), out=workspace.get("qkv", (b * nw * n, 3 * c), x))
                 qbias = None if kept.qkv_bias is None else kept.qkv_bias[:c]
         else:
             hd, qbias = self.head_dim, None if self.qkv.bias is None else self.qkv.bias[:c]

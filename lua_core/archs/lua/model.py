@@ -176,7 +176,8 @@ class SwinBlock(KeepsDerived):
             return (win + self.mlp(self.norm2(win))).view(b, n_tok, c)
         kept = self.attn.inference_weights()
         fc1, fc2 = self.mlp.fc1, self.mlp.fc2
-        fc1_in_gemm = fc1.bias is not None and t.device.type in attention.BIAS_IN_GEMM_ON
+        fc1_in_gemm = fc1.bias is not None and attention.applies(attention.BIAS_IN_GEMM_ON, t)
+        fused_fc1 = fc1.bias is not None and attention.onednn_linear(t)  # bias and GELU in its epilogue
         workspace = workspace or Workspace()
         for bs, w0, w1 in _chunks(b, nw, chunk_windows):
             w = win[bs, w0:w1]
@@ -186,14 +187,19 @@ class SwinBlock(KeepsDerived):
             flat = w.view(-1, c)  # chunks are contiguous runs of windows
             flat += kept.proj_bias
             flat.addmm_(att.reshape(-1, att.shape[-1]), kept.proj.t())
-            hidden = workspace.get("hidden", (flat.shape[0], fc1.weight.shape[0]), flat)
-            if fc1_in_gemm:
-                torch.addmm(fc1.bias, self.norm2(w).view(-1, c), fc1.weight.t(), out=hidden)
+            if fused_fc1:
+                # oneDNN: bias and exact (erf) GELU in the GEMM's epilogue, from its fp32 accumulators
+                hidden = torch.ops.mkldnn._linear_pointwise(self.norm2(w).view(-1, c), fc1.weight, fc1.bias,
+                                                            "gelu", [], "none")
             else:
-                torch.mm(self.norm2(w).view(-1, c), fc1.weight.t(), out=hidden)
-                if fc1.bias is not None:
-                    hidden += fc1.bias
-            torch.ops.aten.gelu_(hidden)  # exact (erf) GELU, in place
+                hidden = workspace.get("hidden", (flat.shape[0], fc1.weight.shape[0]), flat)
+                if fc1_in_gemm:
+                    torch.addmm(fc1.bias, self.norm2(w).view(-1, c), fc1.weight.t(), out=hidden)
+                else:
+                    torch.mm(self.norm2(w).view(-1, c), fc1.weight.t(), out=hidden)
+                    if fc1.bias is not None:
+                        hidden += fc1.bias
+                torch.ops.aten.gelu_(hidden)  # exact (erf) GELU, in place
             flat += fc2.bias
             flat.addmm_(hidden, fc2.weight.t())
         return win.view(b, n_tok, c)

@@ -1,0 +1,295 @@
+"""LUA in bf16 on a CPU with bf16 matrix units (AMX, AVX-512 BF16), measured against fp32 in one run (by hand).
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/cpu_bf16.py [--sizes 32,64] [--repeat 5] [--log PATH]
+
+Issue #20: what a bf16 forward costs next to the fp32 one and the fp32 baseline (``lua_baseline``), and
+where its time goes. Sections (``--sections``):
+
+* gemm:      GEMM rate, fp32 and bf16, at the four linear layers' shapes of a 64^2 latent (4096 tokens);
+* forward:   baseline fp32, ours fp32, ours bf16 at each size (x2 and x4), called in turn, median of
+             ``--repeat``; the bf16 matmul bound (the forward's multiply-adds at the bf16 GEMM rate) and
+             the bf16 output's distance from the fp32 one (random weights);
+* profile:   torch.profiler's self CPU time per op of one x2 forward at the largest size, bf16 and fp32;
+* attention: one unshifted block's window attention in bf16: the fused SDPA kernel, SDPA in fp32
+             (inputs cast), and explicit batched GEMMs with an fp32 softmax, per window;
+* epilogue:  the bf16 forward on torch's mm with separate bias adds and with the qkv/fc1 biases added
+             by addmm (``attention.BIAS_IN_GEMM_ON`` with "cpu:bfloat16"), oneDNN's fused linears off;
+* onednn:    the bf16 forward with the qkv and fc1 linears as oneDNN's fused linear (query bias, fc1 bias
+             and GELU in the GEMM epilogue; the default on CPU bf16, ``attention.ONEDNN_LINEAR_ON``)
+             and with torch's mm plus separate passes;
+* peers:     city96, NNLatentUpscale, LSSGen and SesquiLSR (released shapes, random weights) in bf16
+             against their fp32 forward (``lua_core.upscale_latent``), what ``dtype=auto`` follows
+             (``lua_core.precision``).
+
+Every line prints wall seconds and the process's CPU seconds (both threads). On a host shared with
+other work, wall time depends on when the OS schedules both threads: run it with
+``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep instead of spinning) so that CPU time measures the
+work done, and compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from lua_speed import attention_flops, lua_flops, released_model  # noqa: E402
+from runlog import add_log_argument, log_path, logged  # noqa: E402
+
+from lua_baseline import baseline_forward  # noqa: E402
+from lua_core.archs.lua import attention as lua_attention  # noqa: E402
+
+Timing = tuple[float, float]  # (wall s, CPU s), medians
+
+
+def alternate(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, Timing]:
+    """Median (wall, CPU) seconds of each function, called in turn ``repeat`` times after a warm-up."""
+    for fn in fns.values():
+        fn()
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
+
+
+def show(title: str, res: dict[str, Timing], ref: str, unit: float = 1e3, suffix: str = "ms") -> None:
+    print(f"-- {title}")
+    print(f"   {'':<48} {'wall ' + suffix:>10} {'cpu ' + suffix:>10} {'wall x':>7} {'cpu x':>7}")
+    for name, (w, c) in res.items():
+        print(f"   {name:<48} {w * unit:10.2f} {c * unit:10.2f} {w / res[ref][0]:7.3f} {c / res[ref][1]:7.3f}")
+
+
+GEMM_SHAPES = {"qkv 4096x360 @ 360x1080": (4096, 360, 1080), "proj 4096x360 @ 360x360": (4096, 360, 360),
+               "fc1 4096x360 @ 360x720": (4096, 360, 720), "fc2 4096x720 @ 720x360": (4096, 720, 360)}
+
+
+def gemm(args: argparse.Namespace) -> dict[torch.dtype, float]:
+    """GEMM rate per dtype (total multiply-adds x2 over total median wall time of the four shapes)."""
+    fns, flops = {}, {}
+    for dtype in (torch.float32, torch.bfloat16):
+        for name, (m, k, n) in GEMM_SHAPES.items():
+            a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+            out = torch.empty(m, n, dtype=dtype)
+            key = f"{str(dtype).removeprefix('torch.')} {name}"
+            fns[key] = lambda a=a, b=b, out=out: [torch.mm(a, b, out=out) for _ in range(5)]
+            flops[key] = 5 * 2 * m * k * n
+    res = alternate(fns, 3 * args.repeat)
+    show("gemm: 5 calls of each shape", res, next(iter(res)))
+    rates = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        keys = [k for k in res if k.startswith(str(dtype).removeprefix("torch."))]
+        total = sum(flops[k] for k in keys)
+        rates[dtype] = total / sum(res[k][0] for k in keys)
+        print(f"   GEMM rate {str(dtype).removeprefix('torch.'):>9}: {rates[dtype] / 1e9:7.0f} GFLOP/s wall, "
+              f"{total / sum(res[k][1] for k in keys) / 1e9:7.0f} GFLOP/s per CPU second")
+    print(f"   bf16 / fp32 GEMM rate: {rates[torch.bfloat16] / rates[torch.float32]:.2f}x")
+    return rates
+
+
+def forward(args: argparse.Namespace, rates: dict[torch.dtype, float]) -> None:
+    m32 = released_model("cpu", torch.float32)
+    m16 = released_model("cpu", torch.bfloat16)
+    cfg = m32.config
+    for size in args.sizes:
+        x = torch.randn(1, 16, size, size)
+        xb = x.bfloat16()
+        for head in ("x2", "x4"):
+            with torch.inference_mode():
+                ref = m32(x, head)
+                d = (m16(xb, head).float() - ref).abs()
+                res = alternate({"baseline fp32": lambda: baseline_forward(m32, x, head),
+                                 "ours fp32": lambda: m32(x, head), "ours bf16": lambda: m16(xb, head)},
+                                args.repeat)
+            flops = lua_flops(cfg, 1, size, size, head)
+            bound = flops / rates[torch.bfloat16]
+            attn = attention_flops(cfg, 1, size, size) / rates[torch.bfloat16]
+            show(f"forward: {size}^2 {head}, released config (s)", res, "baseline fp32", 1, "s")
+            w16 = res["ours bf16"][0]
+            print(f"   bf16 / baseline fp32 {w16 / res['baseline fp32'][0]:.3f} wall, "
+                  f"{res['ours bf16'][1] / res['baseline fp32'][1]:.3f} cpu; bf16 / ours fp32 "
+                  f"{w16 / res['ours fp32'][0]:.3f} wall, {res['ours bf16'][1] / res['ours fp32'][1]:.3f} cpu")
+            print(f"   bf16 matmul bound {bound:.3f} s ({flops / 1e9:.0f} GFLOP at {rates[torch.bfloat16] / 1e9:.0f} "
+                  f"GFLOP/s, attention's q k^T and attn @ v {attn:.3f} s of it): ours bf16 / bound "
+                  f"{w16 / bound:.2f}")
+            print(f"   bf16 vs fp32 output (random weights N(0, 0.02)): max |diff| {d.max().item():.2e}, "
+                  f"mean {d.mean().item():.2e}")
+
+
+def profile(args: argparse.Namespace) -> None:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as run_profile
+    size = max(args.sizes)
+    for dtype in (torch.bfloat16, torch.float32):
+        model = released_model("cpu", dtype)
+        x = torch.randn(1, 16, size, size, dtype=dtype)
+        with torch.inference_mode():
+            model(x, "x2")
+            with run_profile(activities=[ProfilerActivity.CPU]) as prof:
+                model(x, "x2")
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events)
+        print(f"-- profile: {size}^2 x2, {str(dtype).removeprefix('torch.')}, self CPU time per op "
+              f"(total {total / 1e6:.2f} s)")
+        for e in events[:12]:
+            print(f"   {e.key:<52} {e.self_cpu_time_total / 1e3:9.1f} ms {100 * e.self_cpu_time_total / total:5.1f}% "
+                  f"{e.count:5d} calls")
+
+
+def attention(args: argparse.Namespace) -> None:
+    size = max(args.sizes)
+    nw, heads, n, hd = (size // 16) ** 2, 12, 256, 30
+    dt = torch.bfloat16
+    qkv = torch.randn(nw, n, 3, heads, hd, dtype=dt)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # strided, as the model hands them over
+    bias = torch.randn(1, heads, n, n, dtype=dt)
+    bias32 = bias.float()
+    scale = hd ** -0.5
+    qf, kf, vf = (t.reshape(nw * heads, n, hd) for t in (q.contiguous(), k.contiguous(), v.contiguous()))
+    scores = torch.empty(heads, n, n)
+    out = torch.empty(nw * heads, n, hd, dtype=dt)
+
+    def explicit() -> None:
+        for i in range(nw):  # one window at a time: its fp32 scores stay in cache
+            sl = slice(i * heads, (i + 1) * heads)
+            torch.add(bias32[0], torch.bmm(qf[sl], kf[sl].transpose(1, 2)), alpha=scale, out=scores)
+            torch.bmm(torch.softmax(scores, -1).to(dt), vf[sl], out=out[sl])
+
+    with torch.inference_mode():
+        ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=bias32, scale=scale)
+        explicit()
+        diff = (out.view(nw, heads, n, hd).float() - ref).abs().max().item()
+        res = alternate({"SDPA bf16 (the model's call)": lambda: F.scaled_dot_product_attention(
+                            q, k, v, attn_mask=bias, scale=scale),
+                         "SDPA fp32 (inputs cast from bf16)": lambda: F.scaled_dot_product_attention(
+                            q.float(), k.float(), v.float(), attn_mask=bias32, scale=scale),
+                         f"explicit bmm + fp32 softmax + bmm (max diff {diff:.1e})": explicit},
+                        3 * args.repeat)
+    show(f"attention: one unshifted block at {size}^2, {nw} windows x {heads} heads", res, next(iter(res)))
+
+
+def epilogue(args: argparse.Namespace) -> None:
+    size = max(args.sizes)
+    model = released_model("cpu", torch.bfloat16)
+    x = torch.randn(1, 16, size, size, dtype=torch.bfloat16)
+    saved = lua_attention.BIAS_IN_GEMM_ON, lua_attention.ONEDNN_LINEAR_ON
+
+    def run(flags: tuple[str, ...]) -> Callable[[], object]:
+        def fn() -> object:
+            # torch's mm path on both sides (oneDNN's fused linears, the default, take precedence)
+            lua_attention.BIAS_IN_GEMM_ON, lua_attention.ONEDNN_LINEAR_ON = flags, ()
+            try:
+                return model(x, "x2")
+            finally:
+                lua_attention.BIAS_IN_GEMM_ON, lua_attention.ONEDNN_LINEAR_ON = saved
+        return fn
+
+    fns = {"mm + separate bias adds": run(saved[0]), "qkv, fc1 bias via addmm": run((*saved[0], "cpu:bfloat16"))}
+    with torch.inference_mode():
+        a, b = (fn() for fn in fns.values())
+        res = alternate(fns, args.repeat)
+    show(f"epilogue: whole bf16 forward, {size}^2 x2 (max diff {(a.float() - b.float()).abs().max().item():.1e})",
+         res, next(iter(fns)), 1, "s")
+
+
+def onednn(args: argparse.Namespace) -> None:
+    size = max(args.sizes)
+    model = released_model("cpu", torch.bfloat16)
+    m32 = released_model("cpu", torch.float32)
+    x32 = torch.randn(1, 16, size, size)
+    x = x32.bfloat16()
+    saved = lua_attention.ONEDNN_LINEAR_ON
+
+    def run(flags: tuple[str, ...]) -> Callable[[], torch.Tensor]:
+        def fn() -> torch.Tensor:
+            lua_attention.ONEDNN_LINEAR_ON = flags
+            try:
+                return model(x, "x2")
+            finally:
+                lua_attention.ONEDNN_LINEAR_ON = saved
+        return fn
+
+    fns = {"oneDNN fused qkv and fc1+GELU (the default)": run(saved), "torch mm + bias/GELU passes": run(())}
+    with torch.inference_mode():
+        ref = m32(x32, "x2")
+        for name, fn in fns.items():
+            d = (fn().float() - ref).abs()
+            print(f"   {name}: bf16 vs fp32 max |diff| {d.max().item():.2e}, mean {d.mean().item():.3e}")
+        res = alternate(fns, args.repeat)
+    show(f"onednn: whole bf16 forward, {size}^2 x2", res, next(iter(fns)), 1, "s")
+
+
+def peer_models() -> list[tuple[str, torch.nn.Module, int, float, str | None]]:
+    """(label, released-shape model with its own random initialisation, channels, scale, latent format)."""
+    from lua_core.archs.city96 import City96Config, City96Upscaler
+    from lua_core.archs.lssgen import LSSGenConfig, LSSGenUpscaler
+    from lua_core.archs.nnlatent import NNLatentConfig, NNLatentUpscaler
+    from lua_core.archs.sesqui import SesquiConfig, SesquiUpscaler
+    torch.manual_seed(0)
+    return [("city96 v2.1 x2 (SDXL)", City96Upscaler(City96Config(scale=2.0)), 4, 2.0, None),
+            ("NNLatentUpscale x2 (SDXL)", NNLatentUpscaler(NNLatentConfig()), 4, 2.0, None),
+            ("LSSGen x2 (FLUX)", LSSGenUpscaler(LSSGenConfig()), 16, 2.0, "flux"),
+            ("SesquiLSR x2 (FLUX)", SesquiUpscaler(SesquiConfig.derive(16)), 16, 2.0, "flux")]
+
+
+def peers(args: argparse.Namespace) -> None:
+    from lua_core import upscale_latent
+    size = max(args.sizes)
+    for label, model, channels, scale, fmt in peer_models():
+        m32 = model.eval().requires_grad_(False)
+        m16 = copy.deepcopy(m32).to(torch.bfloat16)
+        x = torch.randn(1, channels, size, size)
+        xb = x.bfloat16()
+        with torch.inference_mode():
+            ref = upscale_latent(m32, x, scale, latent_format=fmt)
+            d = (upscale_latent(m16, xb, scale, latent_format=fmt).float() - ref).abs()
+            res = alternate({"fp32": lambda m=m32: upscale_latent(m, x, scale, latent_format=fmt),
+                             "bf16": lambda m=m16: upscale_latent(m, xb, scale, latent_format=fmt)}, args.repeat)
+        show(f"peers: {label}, {size}^2 (max |bf16 - fp32| {d.max().item():.2e}, mean {d.mean().item():.2e})",
+             res, "fp32")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="32,64", help="latent sides (the largest is used by profile/attention)")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sections", default="gemm,forward,profile,attention,epilogue,onednn,peers")
+    add_log_argument(ap)
+    args = ap.parse_args()
+    args.sizes = [int(s) for s in args.sizes.split(",")]
+    torch.set_num_threads(args.threads)
+    cpu = torch.cpu
+    print(f"torch {torch.__version__}, cpu, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}; torch reports AMX tiles "
+          f"{cpu._is_amx_tile_supported()}, AVX-512 BF16 {cpu._is_avx512_bf16_supported()}")
+    sections = args.sections.split(",")
+    rates = gemm(args) if "gemm" in sections or "forward" in sections else {}
+    for name in sections:
+        if name == "forward":
+            forward(args, rates)
+        elif name in ("profile", "attention", "epilogue", "onednn", "peers"):
+            globals()[name](args)
+        elif name != "gemm":
+            raise SystemExit(f"unknown section {name!r}")
+
+
+if __name__ == "__main__":
+    with logged(log_path(sys.argv)):
+        main()
