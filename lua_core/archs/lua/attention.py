@@ -56,8 +56,12 @@ ONEDNN_LINEAR_ON = ("cpu:bfloat16",)
 
 @functools.cache
 def _has_onednn_linear() -> bool:
+    """This torch build has the fused linear, and oneDNN can run it in bf16 on this CPU: without AVX-512
+    (an AMD EPYC of this project's CI kind, or ``ONEDNN_MAX_CPU_ISA=AVX2``) it cannot create the bf16 primitive
+    and raises, where torch's own mm emulates bf16."""
     try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+                and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
     except (AttributeError, RuntimeError):
         return False
 
