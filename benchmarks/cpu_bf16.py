@@ -49,7 +49,26 @@ from lua_speed import attention_flops, lua_flops, released_model  # noqa: E402
 from runlog import add_log_argument, log_path, logged  # noqa: E402
 
 from lua_baseline import baseline_forward  # noqa: E402
+from lua_core.archs.lua import LUA, LUAConfig  # noqa: E402
 from lua_core.archs.lua import attention as lua_attention  # noqa: E402
+
+#: --small: the LUA sections run this stand-in (2 Swin blocks of width 60) instead of the released config,
+#: for the test suite's smoke run (tests/test_benchmarks.py), where the released config in bf16 took
+#: minutes on a CPU without AVX-512 (bf16 emulated); its numbers say nothing about the released model
+SMALL = LUAConfig(embed_dim=60, depths=(2,), num_heads=(6,), window_size=8, img_size=16, head_num_feat=32)
+CONFIG: LUAConfig | None = None  # None: the released config
+
+
+def lua_model(dtype: torch.dtype) -> LUA:
+    """The LUA the sections time: the released config with random weights, or ``SMALL`` under --small."""
+    if CONFIG is None:
+        return released_model("cpu", dtype)
+    torch.manual_seed(0)
+    model = LUA(CONFIG).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    return model.to(dtype=dtype)
 
 Timing = tuple[float, float]  # (wall s, CPU s), medians
 
@@ -104,8 +123,8 @@ def gemm(args: argparse.Namespace) -> dict[torch.dtype, float]:
 
 
 def forward(args: argparse.Namespace, rates: dict[torch.dtype, float]) -> None:
-    m32 = released_model("cpu", torch.float32)
-    m16 = released_model("cpu", torch.bfloat16)
+    m32 = lua_model(torch.float32)
+    m16 = lua_model(torch.bfloat16)
     cfg = m32.config
     for size in args.sizes:
         x = torch.randn(1, 16, size, size)
@@ -120,7 +139,8 @@ def forward(args: argparse.Namespace, rates: dict[torch.dtype, float]) -> None:
             flops = lua_flops(cfg, 1, size, size, head)
             bound = flops / rates[torch.bfloat16]
             attn = attention_flops(cfg, 1, size, size) / rates[torch.bfloat16]
-            show(f"forward: {size}^2 {head}, released config (s)", res, "baseline fp32", 1, "s")
+            kind = "released" if CONFIG is None else "small"
+            show(f"forward: {size}^2 {head}, {kind} config (s)", res, "baseline fp32", 1, "s")
             w16 = res["ours bf16"][0]
             print(f"   bf16 / baseline fp32 {w16 / res['baseline fp32'][0]:.3f} wall, "
                   f"{res['ours bf16'][1] / res['baseline fp32'][1]:.3f} cpu; bf16 / ours fp32 "
@@ -137,7 +157,7 @@ def profile(args: argparse.Namespace) -> None:
     from torch.profiler import profile as run_profile
     size = max(args.sizes)
     for dtype in (torch.bfloat16, torch.float32):
-        model = released_model("cpu", dtype)
+        model = lua_model(dtype)
         x = torch.randn(1, 16, size, size, dtype=dtype)
         with torch.inference_mode():
             model(x, "x2")
@@ -186,7 +206,7 @@ def attention(args: argparse.Namespace) -> None:
 
 def epilogue(args: argparse.Namespace) -> None:
     size = max(args.sizes)
-    model = released_model("cpu", torch.bfloat16)
+    model = lua_model(torch.bfloat16)
     x = torch.randn(1, 16, size, size, dtype=torch.bfloat16)
     saved = lua_attention.BIAS_IN_GEMM_ON, lua_attention.ONEDNN_LINEAR_ON
 
@@ -210,8 +230,8 @@ def epilogue(args: argparse.Namespace) -> None:
 
 def onednn(args: argparse.Namespace) -> None:
     size = max(args.sizes)
-    model = released_model("cpu", torch.bfloat16)
-    m32 = released_model("cpu", torch.float32)
+    model = lua_model(torch.bfloat16)
+    m32 = lua_model(torch.float32)
     x32 = torch.randn(1, 16, size, size)
     x = x32.bfloat16()
     saved = lua_attention.ONEDNN_LINEAR_ON
@@ -271,9 +291,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sections", default="gemm,forward,profile,attention,epilogue,onednn,peers")
+    ap.add_argument("--small", action="store_true", help="LUA sections on a small stand-in config (smoke runs)")
     add_log_argument(ap)
     args = ap.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
+    global CONFIG
+    CONFIG = SMALL if args.small else None
     torch.set_num_threads(args.threads)
     cpu = torch.cpu
     print(f"torch {torch.__version__}, cpu, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="

@@ -54,9 +54,9 @@ def test_gpu_check_dry_run_on_cpu() -> None:
 
 
 def test_cpu_bf16_runs_every_section() -> None:
-    out = run("cpu_bf16.py", "--sizes", "16", "--repeat", "1", "--sections",
+    out = run("cpu_bf16.py", "--small", "--sizes", "16", "--repeat", "1", "--sections",
               "gemm,forward,attention,epilogue,onednn,peers")
-    for title in ("gemm: 5 calls", "forward: 16^2 x2", "forward: 16^2 x4", "attention: one unshifted",
+    for title in ("gemm: 5 calls", "forward: 16^2 x2, small", "forward: 16^2 x4, small", "attention: one unshifted",
                   "epilogue: whole", "onednn: whole", "peers: city96", "peers: NNLatentUpscale", "peers: LSSGen",
                   "peers: SesquiLSR"):
         assert f"-- {title}" in out, out
