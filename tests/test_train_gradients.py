@@ -117,33 +117,6 @@ def test_each_terms_gradient_reaches_the_weights_and_matches_finite_differences(
         assert fd == pytest.approx(gnorm, rel=0.1), (stage_n, term, head, fd, gnorm)
 
 
-# -- each term alone lowers itself --------------------------------------------------------------
-
-@pytest.mark.parametrize("stage_n,hf_domain,term", LONE)
-def test_each_term_alone_lowers_itself(env, tmp_path, stage_n, hf_domain, term):
-    """The stage's optimiser (Adam, clipping, schedule, both heads) on that term only, a fixed batch."""
-    paper = stage_of(stage_n, hf_domain)
-    weight = paper.weights.active()[term]
-    steps = 8
-    stage = replace(paper, weights=LossWeights(**{term: weight}), steps=steps, batch_size=len(env["data"]),
-                    random_head_fraction=0.0, lr=1e-3)
-    vae = env["vae"] if stage.needs_decoder else None
-    t = Trainer(tiny(4), stage, env["data"], tmp_path, vae=vae, options=QUIET)
-    heads = head_pairs(t.model)
-
-    def now() -> float:
-        with torch.no_grad():
-            return float(step_loss(t.model, heads, env["batch"], stage, vae)[1][term])
-
-    before = now()
-    for _ in range(steps):
-        t.train_step(env["batch"])
-    after = now()
-    # measured after/before: 0.58 latent_l1, 0.70 latent_fft, 0.91 consistency, 0.84 / 0.90 high_freq (pixel /
-    # latent), 0.92 pixel_l1, 0.82 pixel_fft, 0.37 eagle (deterministic on the CPU: fixed seeds and batch)
-    assert after < 0.95 * before, (stage_n, term, before, after)
-
-
 # -- the values are the documented reading of the paper -----------------------------------------
 
 def _reference_terms(model, head: str, scale: int, batch, vae, hf_domain: str) -> dict[str, torch.Tensor]:
@@ -180,3 +153,30 @@ def test_step_loss_is_the_documented_weighted_sum_over_heads(env, stage_n, hf_do
     assert float(total) == pytest.approx(float(expected), rel=1e-5)
     for k in logged:  # the logged value is the per-head average
         assert float(logged[k]) == pytest.approx(float(sum(r[k] for r in refs)) / len(refs), rel=1e-5), k
+
+
+# -- each term alone lowers itself --------------------------------------------------------------
+
+@pytest.mark.parametrize("stage_n,hf_domain,term", LONE)
+def test_each_term_alone_lowers_itself(env, tmp_path, stage_n, hf_domain, term):
+    """The stage's optimiser (Adam, clipping, schedule, both heads) on that term only, a fixed batch."""
+    paper = stage_of(stage_n, hf_domain)
+    weight = paper.weights.active()[term]
+    steps = 8
+    stage = replace(paper, weights=LossWeights(**{term: weight}), steps=steps, batch_size=len(env["data"]),
+                    random_head_fraction=0.0, lr=1e-3)
+    vae = env["vae"] if stage.needs_decoder else None
+    t = Trainer(tiny(4), stage, env["data"], tmp_path, vae=vae, options=QUIET)
+    heads = head_pairs(t.model)
+
+    def now() -> float:
+        with torch.no_grad():
+            return float(step_loss(t.model, heads, env["batch"], stage, vae)[1][term])
+
+    before = now()
+    for _ in range(steps):
+        t.train_step(env["batch"])
+    after = now()
+    # measured after/before: 0.58 latent_l1, 0.70 latent_fft, 0.91 consistency, 0.84 / 0.90 high_freq (pixel /
+    # latent), 0.92 pixel_l1, 0.82 pixel_fft, 0.37 eagle (deterministic on the CPU: fixed seeds and batch)
+    assert after < 0.95 * before, (stage_n, term, before, after)
