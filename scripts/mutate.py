@@ -11,7 +11,7 @@ How a run works, and why the working tree stays clean: the tracked and untracked
 are copied into a temporary folder (``.venv`` and ``.comfyui`` are linked, not copied); each mutation is
 written into that copy only, the chosen tests run there (``pytest -x``), and the runner puts the file's
 original bytes back before the next mutation. The real tree is never written; the script checks that
-``git status`` is the same after the run as before.
+the mutated files (and their ``git status``) are the same after the run as before.
 
 Outcomes: ``killed`` (a test failed), ``timeout`` (counted as killed), ``survived`` (every test passed),
 ``accepted`` (survived, but listed in ``mutations.py`` as an equivalent mutant, with the reason), ``error``
@@ -72,6 +72,11 @@ def copy_tree(dst: Path) -> None:
     for name in LINKED:
         if (ROOT / name).exists():
             (dst / name).symlink_to((ROOT / name).resolve())
+
+
+def product_state(paths: list[str]) -> tuple[str, dict[str, bytes]]:
+    """``git status`` of the mutated files and their bytes: the same after a run, or the runner wrote one."""
+    return git("status", "--porcelain", "--", *paths), {p: (ROOT / p).read_bytes() for p in paths}
 
 
 def check_list(mutations: list[Mutation]) -> list[str]:
@@ -173,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("stale mutation list:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
-    status_before = git("status", "--porcelain")
+    paths = sorted({m.path for m in chosen})
+    product_before = product_state(paths)
     # a SIGTERM unwinds like Ctrl-C, so the mutated copy is restored and the temporary tree removed
     signal.signal(signal.SIGTERM, lambda signum, frame: (_ for _ in ()).throw(KeyboardInterrupt()))
     with logged(args.log):
@@ -198,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         for o in outcomes:
             if o.status in ("survived", "accepted", "error"):
                 print(f"  {o.status}: {o.mutation.name} ({o.mutation.path}): {o.mutation.why}")
-    if git("status", "--porcelain") != status_before:
-        print("git status changed during the run: a product file was written", file=sys.stderr)
+    if product_state(paths) != product_before:
+        print(f"a mutated file changed in the working tree during the run: {paths}", file=sys.stderr)
         return 3
     return 1 if counts["survived"] or counts["error"] else 0
 

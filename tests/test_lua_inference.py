@@ -635,9 +635,10 @@ def test_tiles_after_out_of_memory_only_when_allowed_and_never_below_two_windows
     assert out.shape == (1, 16, 128, 128) and max(p[-1] for p in fake.pieces[1:]) <= 32
     fake.side = 16  # even 32-pixel tiles fail: 16 would be one window, no overlap left; give up
     fake.pieces.clear()
-    with pytest.raises(lua_core.errors.OutOfMemoryError):
+    with pytest.raises(lua_core.errors.OutOfMemoryError) as e:
         lua_core.upscale_latent(model, x, 2, tile_on_oom=True)
     assert min(min(p[-2:]) for p in fake.pieces) >= 32, fake.pieces
+    assert e.value.tile == 32 and len(fake.pieces) == 2, "the whole latent, one 32-pixel tile, then the error"
 
 
 def test_progress_reaches_the_end_even_when_the_forward_reports_none(monkeypatch):
@@ -646,3 +647,10 @@ def test_progress_reaches_the_end_even_when_the_forward_reports_none(monkeypatch
     seen = []
     lua_core.upscale_latent(model, torch.randn(2, 16, 8, 8), 2, progress=lambda d, t: seen.append((d, t)))
     assert seen == [(200, 200)]
+
+
+def test_a_nan_input_is_blamed_on_the_input_not_on_the_upscaler():
+    x = torch.zeros(1, 16, 8, 8)
+    x[0, 3, 2, 5] = float("nan")
+    with pytest.raises(ValueError, match="latent contains 1 NaN or infinite value"):
+        lua_core.upscale_latent(make_lua(), x, 2)
