@@ -335,3 +335,40 @@ def test_invalid_config_metadata(tmp_path):
 def test_missing_file():
     with pytest.raises(lua_core.CheckpointError, match="does not exist"):
         lua_core.load_model("/nonexistent/lua.safetensors")
+
+
+# -- found by mutation testing (docs/testing.md): each broken file gets its own diagnosis ---------------
+
+def _read(path):
+    from lua_core.checkpoints import read_checkpoint
+    return read_checkpoint(path)
+
+
+def test_an_empty_file_is_named_an_interrupted_download(tmp_path):
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(lua_core.errors.CheckpointError, match=r"is empty \(0 bytes\)"):
+        _read(tmp_path / "empty.safetensors")
+
+
+def test_a_header_longer_than_the_file_is_truncation(tmp_path):
+    p = tmp_path / "cut.safetensors"
+    save_file({"w": torch.ones(64)}, str(p))
+    size = p.stat().st_size
+    p.write_bytes((size - 4).to_bytes(8, "little") + p.read_bytes()[8:])  # claims all but the first 4 bytes
+    with pytest.raises(lua_core.errors.CheckpointError, match="its header claims"):
+        _read(p)
+
+
+def test_a_file_cut_inside_its_last_tensor_is_truncated(tmp_path):
+    p = tmp_path / "cut.safetensors"
+    save_file({"w": torch.ones(64)}, str(p))
+    p.write_bytes(p.read_bytes()[:-4])
+    with pytest.raises(lua_core.errors.CheckpointError, match="is truncated: the tensors need"):
+        _read(p)
+
+
+def test_a_dict_of_tensors_and_other_entries_is_not_a_state_dict(tmp_path):
+    p = tmp_path / "mixed.pth"
+    torch.save({"conv_first.weight": torch.ones(2), "step": 5}, p)
+    with pytest.raises(lua_core.errors.CheckpointError, match="mix of tensors and other entries"):
+        _read(p)

@@ -654,3 +654,13 @@ def test_a_nan_input_is_blamed_on_the_input_not_on_the_upscaler():
     x[0, 3, 2, 5] = float("nan")
     with pytest.raises(ValueError, match="latent contains 1 NaN or infinite value"):
         lua_core.upscale_latent(make_lua(), x, 2)
+
+
+def test_sub_batches_fit_the_memory_allowed(monkeypatch):
+    from lua_core.inference import io_memory
+    model = make_lua()
+    per_latent = io_memory((1, 16, 8, 8), (16, 16)) + model.working_memory((1, 16, 8, 8), 2)
+    fake = _OutOfMemoryAbove(model)
+    monkeypatch.setattr(model, "upscale", fake)
+    lua_core.upscale_latent(model, torch.randn(5, 16, 8, 8), 2, max_memory=2 * per_latent + 1)
+    assert [p[0] for p in fake.pieces] == [2, 2, 1]
