@@ -372,3 +372,22 @@ def test_a_dict_of_tensors_and_other_entries_is_not_a_state_dict(tmp_path):
     torch.save({"conv_first.weight": torch.ones(2), "step": 5}, p)
     with pytest.raises(lua_core.errors.CheckpointError, match="mix of tensors and other entries"):
         _read(p)
+
+
+def test_a_diffusers_weights_file_reads_the_config_beside_it(tmp_path):
+    save_file({"w": torch.ones(2)}, str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"in_channels": 4}))
+    assert _read(tmp_path / "diffusion_pytorch_model.safetensors").config == {"in_channels": 4}
+    assert _read(tmp_path).config == {"in_channels": 4}
+
+
+def test_a_safetensors_file_under_another_suffix_is_recognised(tmp_path):
+    save_file({"w": torch.ones(3)}, str(tmp_path / "renamed.bin"))
+    assert torch.equal(_read(tmp_path / "renamed.bin").state_dict["w"], torch.ones(3))
+
+
+def test_a_config_json_that_is_not_an_object_is_refused(tmp_path):
+    save_file({"w": torch.ones(2)}, str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(lua_core.errors.CheckpointError, match="does not hold a JSON object"):
+        _read(tmp_path)
