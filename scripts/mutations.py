@@ -185,7 +185,9 @@ NODE_MUTATIONS = [
     _m("nodes.batch_index_dropped", UPS, "result = dict(samples)", 'result = {"samples": None}', NODES,
        "batch_index and other LATENT keys dropped"),
     _m("nodes.progress_not_monotonic", HND, "if progress is not None and done > told:",
-       "if progress is not None:", NODES, "the progress bar is told the same value again"),
+       "if progress is not None:", NODES, "the progress bar is told the same value again",
+       accept="equivalent for the user: ComfyUI's ProgressBar shows the same value again; the guard only saves "
+              "repeated progress messages (lua_core reports a step under a hundredth again on purpose)"),
     _m("nodes.no_interrupt_check", HND, "        nonlocal told\n        mm.throw_exception_if_processing_interrupted()",
        "        nonlocal told", NODES, "a cancel does not stop a running upscale"),
     _m("nodes.output_not_fp32", HND, "return out.to(device=mm.intermediate_device(), dtype=torch.float32)",
