@@ -335,3 +335,59 @@ def test_invalid_config_metadata(tmp_path):
 def test_missing_file():
     with pytest.raises(lua_core.CheckpointError, match="does not exist"):
         lua_core.load_model("/nonexistent/lua.safetensors")
+
+
+# -- found by mutation testing (docs/testing.md): each broken file gets its own diagnosis ---------------
+
+def _read(path):
+    from lua_core.checkpoints import read_checkpoint
+    return read_checkpoint(path)
+
+
+def test_an_empty_file_is_named_an_interrupted_download(tmp_path):
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(lua_core.errors.CheckpointError, match=r"is empty \(0 bytes\)"):
+        _read(tmp_path / "empty.safetensors")
+
+
+def test_a_header_longer_than_the_file_is_truncation(tmp_path):
+    p = tmp_path / "cut.safetensors"
+    save_file({"w": torch.ones(64)}, str(p))
+    size = p.stat().st_size
+    p.write_bytes((size - 4).to_bytes(8, "little") + p.read_bytes()[8:])  # claims all but the first 4 bytes
+    with pytest.raises(lua_core.errors.CheckpointError, match="its header claims"):
+        _read(p)
+
+
+def test_a_file_cut_inside_its_last_tensor_is_truncated(tmp_path):
+    p = tmp_path / "cut.safetensors"
+    save_file({"w": torch.ones(64)}, str(p))
+    p.write_bytes(p.read_bytes()[:-4])
+    with pytest.raises(lua_core.errors.CheckpointError, match="is truncated: the tensors need"):
+        _read(p)
+
+
+def test_a_dict_of_tensors_and_other_entries_is_not_a_state_dict(tmp_path):
+    p = tmp_path / "mixed.pth"
+    torch.save({"conv_first.weight": torch.ones(2), "step": 5}, p)
+    with pytest.raises(lua_core.errors.CheckpointError, match="mix of tensors and other entries"):
+        _read(p)
+
+
+def test_a_diffusers_weights_file_reads_the_config_beside_it(tmp_path):
+    save_file({"w": torch.ones(2)}, str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"in_channels": 4}))
+    assert _read(tmp_path / "diffusion_pytorch_model.safetensors").config == {"in_channels": 4}
+    assert _read(tmp_path).config == {"in_channels": 4}
+
+
+def test_a_safetensors_file_under_another_suffix_is_recognised(tmp_path):
+    save_file({"w": torch.ones(3)}, str(tmp_path / "renamed.bin"))
+    assert torch.equal(_read(tmp_path / "renamed.bin").state_dict["w"], torch.ones(3))
+
+
+def test_a_config_json_that_is_not_an_object_is_refused(tmp_path):
+    save_file({"w": torch.ones(2)}, str(tmp_path / "diffusion_pytorch_model.safetensors"))
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(lua_core.errors.CheckpointError, match="does not hold a JSON object"):
+        _read(tmp_path)

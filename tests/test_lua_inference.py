@@ -17,7 +17,8 @@ import lua_core
 from factories import make_lua, tiny_config
 from lua_baseline import baseline_forward
 from lua_core.archs.lua import ForwardPlan, estimate_peak, plan_forward, reflect_pad
-from lua_core.tiling import tile_spans, tiled_upscale
+from lua_core.inference import output_size
+from lua_core.tiling import tile_and_overlap, tile_spans, tiled_upscale
 
 
 @pytest.fixture(scope="module")
@@ -598,3 +599,112 @@ def test_malformed_header_config_is_a_checkpoint_error(tmp_path):
     with pytest.raises(lua_core.CheckpointError) as e:
         lua_core.load_model(p)
     assert str(p) in str(e.value)
+
+
+# -- found by mutation testing (docs/testing.md) ------------------------------------------------------
+
+def test_default_overlap_is_a_quarter_tile_on_the_grid_and_always_below_the_tile():
+    assert tile_and_overlap(64, None, 16) == (64, 16)
+    assert tile_and_overlap(128, None, 16) == (128, 32)
+    assert tile_and_overlap(40, None, 1) == (40, 10)
+    assert tile_and_overlap(16, 16, 1) == (16, 15), "an overlap as large as the tile would never advance"
+    assert tile_and_overlap(20, 99, 1) == (20, 19)
+
+
+def test_a_latent_long_in_one_axis_is_tiled_along_it():
+    def nearest(piece: torch.Tensor) -> torch.Tensor:  # local: tiles blended over their overlaps give it exactly
+        calls.append(tuple(piece.shape[-2:]))
+        return F.interpolate(piece, scale_factor=2, mode="nearest")
+
+    calls: list[tuple[int, int]] = []
+    x = torch.randn(1, 2, 8, 64, generator=torch.Generator().manual_seed(3))
+    out = tiled_upscale(nearest, x, 2, tile=16, overlap=4)
+    assert len(calls) > 1 and all(h == 8 for h, _ in calls), calls
+    torch.testing.assert_close(out, F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def test_output_size_rounds_to_the_nearest_latent_pixel():
+    assert output_size(5, 7, 1.75) == (9, 12)  # 8.75 -> 9, 12.25 -> 12
+    assert output_size(1, 1, 1.25) == (1, 1)
+    assert lua_core.upscale_latent(make_lua(), torch.randn(1, 16, 5, 7), 1.75).shape == (1, 16, 9, 12)
+
+
+def test_5d_latents_are_upscaled_frame_by_frame_in_order():
+    model = make_lua()
+    x = torch.randn(2, 16, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    out = lua_core.upscale_latent(model, x, 2)
+    assert out.shape == (2, 16, 3, 16, 16)
+    for t in range(3):
+        torch.testing.assert_close(out[:, :, t], lua_core.upscale_latent(model, x[:, :, t].contiguous(), 2))
+
+
+class _OutOfMemoryAbove:
+    """Wraps a model's ``upscale``: an out-of-memory error for pieces above ``batch`` latents or ``side``
+    pixels, the real forward (without its own progress reports when ``quiet``) otherwise."""
+
+    def __init__(self, model, batch: int = 10**9, side: int = 10**9, quiet: bool = False):
+        self.real, self.batch, self.side, self.quiet = model.upscale, batch, side, quiet
+        self.pieces: list[tuple[int, ...]] = []
+
+    def __call__(self, piece, scale, **options):
+        self.pieces.append(tuple(piece.shape))
+        if piece.shape[0] > self.batch or max(piece.shape[-2:]) > self.side:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        if self.quiet:
+            options["progress"] = None
+        return self.real(piece, scale, **options)
+
+
+def test_an_out_of_memory_batch_is_halved_down_to_one_latent(monkeypatch):
+    model = make_lua()
+    x = torch.randn(4, 16, 8, 8, generator=torch.Generator().manual_seed(5))
+    ref = lua_core.upscale_latent(model, x, 2)
+    fake = _OutOfMemoryAbove(model, batch=1)
+    monkeypatch.setattr(model, "upscale", fake)
+    out = lua_core.upscale_latent(model, x, 2)
+    assert [p[0] for p in fake.pieces] == [4, 2, 1, 1, 1, 1]
+    torch.testing.assert_close(out, ref)
+
+
+def test_tiles_after_out_of_memory_only_when_allowed_and_never_below_two_windows(monkeypatch):
+    model = make_lua(tiny_config(window_size=16))  # tiles align to 16: the smallest allowed tile is 32, not MIN_TILE
+    x = torch.randn(1, 16, 64, 64, generator=torch.Generator().manual_seed(6))
+    fake = _OutOfMemoryAbove(model, side=32)
+    monkeypatch.setattr(model, "upscale", fake)
+    with pytest.raises(torch.OutOfMemoryError):
+        lua_core.upscale_latent(model, x, 2)  # tile_on_oom not given: the error, no tiles
+    assert fake.pieces == [(1, 16, 64, 64)]
+    fake.pieces.clear()
+    out = lua_core.upscale_latent(model, x, 2, tile_on_oom=True)
+    assert out.shape == (1, 16, 128, 128) and max(p[-1] for p in fake.pieces[1:]) <= 32
+    fake.side = 16  # even 32-pixel tiles fail: 16 would be one window, no overlap left; give up
+    fake.pieces.clear()
+    with pytest.raises(lua_core.errors.OutOfMemoryError) as e:
+        lua_core.upscale_latent(model, x, 2, tile_on_oom=True)
+    assert min(min(p[-2:]) for p in fake.pieces) >= 32, fake.pieces
+    assert e.value.tile == 32 and len(fake.pieces) == 2, "the whole latent, one 32-pixel tile, then the error"
+
+
+def test_progress_reaches_the_end_even_when_the_forward_reports_none(monkeypatch):
+    model = make_lua()
+    monkeypatch.setattr(model, "upscale", _OutOfMemoryAbove(model, quiet=True))
+    seen = []
+    lua_core.upscale_latent(model, torch.randn(2, 16, 8, 8), 2, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(200, 200)]
+
+
+def test_a_nan_input_is_blamed_on_the_input_not_on_the_upscaler():
+    x = torch.zeros(1, 16, 8, 8)
+    x[0, 3, 2, 5] = float("nan")
+    with pytest.raises(ValueError, match="latent contains 1 NaN or infinite value"):
+        lua_core.upscale_latent(make_lua(), x, 2)
+
+
+def test_sub_batches_fit_the_memory_allowed(monkeypatch):
+    from lua_core.inference import io_memory
+    model = make_lua()
+    per_latent = io_memory((1, 16, 8, 8), (16, 16)) + model.working_memory((1, 16, 8, 8), 2)
+    fake = _OutOfMemoryAbove(model)
+    monkeypatch.setattr(model, "upscale", fake)
+    lua_core.upscale_latent(model, torch.randn(5, 16, 8, 8), 2, max_memory=2 * per_latent + 1)
+    assert [p[0] for p in fake.pieces] == [2, 2, 1]

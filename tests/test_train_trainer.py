@@ -11,11 +11,11 @@ import torch
 pytest.importorskip("diffusers")
 
 from lua_core.train.curriculum import LossWeights, finetune_stage, paper_stage  # noqa: E402
-from lua_core.train.data import PrepareConfig, prepare  # noqa: E402
+from lua_core.train.data import PrepareConfig, prepare, to_unit  # noqa: E402
 from lua_core.train.dataset import LatentPairs  # noqa: E402
 from lua_core.train.ema import EMA  # noqa: E402
 from lua_core.train.model import TINY_CONFIG, head_pairs, new_model, with_channels  # noqa: E402
-from lua_core.train.objective import step_loss  # noqa: E402
+from lua_core.train.objective import head_terms, step_loss  # noqa: E402
 from lua_core.train.synthetic import save_tiny_vae, write_synthetic_images  # noqa: E402
 from lua_core.train.trainer import Trainer, TrainOptions, latest_checkpoint  # noqa: E402
 from lua_core.train.vae import load_vae  # noqa: E402
@@ -71,12 +71,25 @@ def test_heads_both_then_one_random(env):
 
 # -- optimisation -------------------------------------------------------------------------------
 
+def stage_objective(model, heads, batch, stage, vae=None) -> float:
+    """The stage's weighted loss, summed over heads, from the unweighted terms of each head: measured apart
+    from ``step_loss``'s optimised sum, so that a mistake in that sum (a sign, a dropped term) cannot also
+    change what the test measures."""
+    hr_image = to_unit(batch["hr_pixels"]) if stage.needs_decoder else None
+    with torch.no_grad():
+        return sum(w * float(head_terms(model, h, s, batch, stage, vae, hr_image)[k])
+                   for h, s in heads for k, w in stage.weights.active().items())
+
+
 def full_batch(data: LatentPairs, pixels: bool) -> dict[str, torch.Tensor]:
     return data.read(list(range(len(data))), data.fields(pixels=pixels))
 
 
-@pytest.mark.parametrize("stage_n,steps", [(1, 25), (2, 15)])
-def test_loss_decreases_on_a_fixed_batch(env, tmp_path, stage_n, steps):
+# measured after/before: ~0.5 (stage 1), ~0.6 (stage 2), 0.87 (stage 3: the tiny random VAE's decoder limits how
+# close any latent gets to the crop, so its pixel terms fall slowly; each stage III term alone lowers itself in
+# tests/test_train_gradients.py)
+@pytest.mark.parametrize("stage_n,steps,bound", [(1, 25, 0.85), (2, 15, 0.85), (3, 30, 0.95)])
+def test_loss_decreases_on_a_fixed_batch(env, tmp_path, stage_n, steps, bound):
     data = env["data"]
     stage = paper_stage(stage_n, steps=steps, batch_size=len(data), random_head_fraction=0.0, lr=1e-3)
     vae = env["vae"] if stage.needs_decoder else None
@@ -85,16 +98,16 @@ def test_loss_decreases_on_a_fixed_batch(env, tmp_path, stage_n, steps):
     heads = head_pairs(t.model)
 
     def loss_now() -> float:
-        with torch.no_grad():
-            return float(step_loss(t.model, heads, batch, stage, vae)[0])
+        return stage_objective(t.model, heads, batch, stage, vae)
 
     before = loss_now()
     t.fit()
     after = loss_now()
-    assert after < 0.85 * before, (before, after)  # measured: ~0.5 (stage 1), ~0.6 (stage 2)
+    assert after < bound * before, (before, after)
     assert (tmp_path / "final.safetensors").is_file()
     logs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert logs[-1]["step"] == steps and {"loss", "lr", "it_per_s", "loss/latent_l1"} <= set(logs[-1])
+    terms = {f"loss/{k}" for k in stage.weights.active()}
+    assert logs[-1]["step"] == steps and {"loss", "lr", "it_per_s", *terms} <= set(logs[-1])
 
 
 def test_schedule_clip_and_ema(env, tmp_path):

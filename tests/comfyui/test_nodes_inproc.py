@@ -792,3 +792,14 @@ def test_memory_estimate_grows_with_the_work(lua_pack: ModuleType, conformance: 
     assert lua.to(torch.float16).working_memory((1, 16, 32, 32), 2.0) < small
     city = core.load_model(conformance("peers/city96") / "latent-upscaler-v2.1_SDxl-x1.5.safetensors")
     assert city.working_memory((1, 4, 32, 32), 1.5) >= 3 * 64 * 48 * 48 * 4  # a plain conv net: the generic estimate
+
+
+@pytest.mark.comfyui
+def test_run_upscale_returns_float32_whatever_the_latents_dtype(comfy_inproc: harness.InProcComfy,
+                                                                 upscale_dir: Path, lua_pack: ModuleType) -> None:
+    """LATENT consumers expect float32 (found by mutation testing: nodes.output_not_fp32, docs/testing.md)."""
+    handle_mod = pack_module(lua_pack, "nodes.handle")
+    place_lua(upscale_dir)
+    handle = load(comfy_inproc, "lua_flux.pth")
+    out = handle_mod.run_upscale(handle, torch.randn(1, 16, 8, 8).to(torch.bfloat16), 2.0)
+    assert out.dtype == torch.float32 and tuple(out.shape) == (1, 16, 16, 16)
