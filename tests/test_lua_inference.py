@@ -225,7 +225,8 @@ def test_tiles_are_deterministic_and_cover_everything(public16):
     assert torch.equal(a, b) and a.shape == (1, 16, 96, 32) and torch.isfinite(a).all()
     # not exact (the trunk sees the whole latent): at the default overlap (a quarter of the tile on the window
     # grid, here one 16-pixel window) measured max 0.346, mean 0.0098 against the one-shot output (output std
-    # 1.44); pinned at 1.5x, so a regression that doubles the seams fails
+    # 1.44; lua_speed.py tiling, docs/measurements/cpu-2026-12-02-lua-tiling.log); pinned at 1.5x, so a
+    # regression that doubles the seams fails
     d = (a - lua_core.upscale_latent(model, x, 2)).abs()
     assert d.max().item() <= 0.52 and d.mean().item() <= 0.0147, (d.max().item(), d.mean().item())
 
