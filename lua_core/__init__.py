@@ -5,7 +5,8 @@ Public API (stable; the ComfyUI nodes, the CLI and other tools use exactly these
 * models: ``load_model(source, device="cpu", dtype=torch.float32, *, scale=None)``,
   ``upscale_latent(model, latent, scale, *, latent_format=None, max_memory=None, tile=None, ...)``,
   ``save_model``, ``convert_checkpoint``, ``ensure_safetensors``, ``LatentUpscaler`` (their type,
-  with the capabilities each family declares), ``Scales``
+  with the capabilities each family declares), ``Scales``, ``cpu_auto_dtype`` (what ``dtype=auto`` means
+  on this CPU, and why)
 * files: ``describe(path)`` (what a file is, from its header), ``file_stamp``, ``DIFFUSERS_WEIGHTS``
 * families and latent formats: ``FAMILIES``, ``Family``, ``family_by_name``, ``LATENT_SPACES``,
   ``LatentSpace``, ``format_name``, ``families_with_channels``
@@ -33,6 +34,7 @@ _LAZY = {
     "convert_checkpoint": ".loading", "ensure_safetensors": ".loading", "load_model": ".loading",
     "save_model": ".loading",
     "LatentUpscaler": ".archs.base",
+    "cpu_auto_dtype": ".precision",
     "describe": ".probe", "file_stamp": ".probe", "FileDescription": ".probe",
     "DIFFUSERS_WEIGHTS": ".checkpoints",
     "KNOWN": ".hub", "KnownCheckpoint": ".hub", "known_checkpoints": ".hub", "find_known": ".hub",

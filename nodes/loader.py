@@ -216,7 +216,7 @@ def resolve_dtype(choice: str) -> tuple[torch.dtype, str]:
         return fixed, "chosen in the loader node"
     import comfy.model_management as mm
 
-    from ..lua_core.precision import cpu_auto_dtype
+    from ..lua_core import cpu_auto_dtype
 
     device = mm.get_torch_device()
     if mm.is_device_cpu(device):
