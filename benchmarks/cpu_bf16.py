@@ -17,6 +17,15 @@ where its time goes. Sections (``--sections``):
 * onednn:    the bf16 forward with the qkv and fc1 linears as oneDNN's fused linear (query bias, fc1 bias
              and GELU in the GEMM epilogue; the default on CPU bf16, ``attention.ONEDNN_LINEAR_ON``)
              and with torch's mm plus separate passes;
+* floor:     why the x2 target of 0.15x the baseline is out of reach with torch's CPU kernels: the bf16
+             forward at the largest size next to the same forward with window attention replaced by a
+             free stand-in (what everything but attention costs), the logits its softmax exponentiates
+             (counted from its SDPA calls), torch's vectorised exp rate on cache-resident data, and
+             from them what attention would have to cost to meet the target against the least it
+             can cost (one exp per logit plus its two matmuls at the GEMM rate);
+* compile:   (not in the default sections: minutes of compiling) ``torch.compile`` (inductor, frozen
+             weights; default and max-autotune, whose GEMM templates use AMX) of a plain Swin block in bf16
+             (``cpu_alternatives.PlainBlock``) against it in eager mode and against the model's own blocks;
 * peers:     city96, NNLatentUpscale, LSSGen and SesquiLSR (released shapes, random weights) in bf16
              against their fp32 forward (``lua_core.upscale_latent``), what ``dtype=auto`` follows
              (``lua_core.precision``).
@@ -49,7 +58,7 @@ from lua_speed import attention_flops, lua_flops, released_model  # noqa: E402
 from runlog import add_log_argument, log_path, logged  # noqa: E402
 
 from lua_baseline import baseline_forward  # noqa: E402
-from lua_core.archs.lua import LUA, LUAConfig  # noqa: E402
+from lua_core.archs.lua import LUA, LUAConfig, Workspace  # noqa: E402
 from lua_core.archs.lua import attention as lua_attention  # noqa: E402
 
 #: --small: the LUA sections run this stand-in (2 Swin blocks of width 60) instead of the released config,
@@ -255,6 +264,102 @@ def onednn(args: argparse.Namespace) -> None:
     show(f"onednn: whole bf16 forward, {size}^2 x2", res, next(iter(fns)), 1, "s")
 
 
+def floor(args: argparse.Namespace, rates: dict[torch.dtype, float]) -> None:
+    """The bf16 x2 forward split into attention and the rest, against what attention cannot go under."""
+    size, target = max(args.sizes), 0.15
+    m32, m16 = lua_model(torch.float32), lua_model(torch.bfloat16)
+    x = torch.randn(1, 16, size, size)
+    xb = x.bfloat16()
+    plain, logits = lua_attention.window_sdpa, [0]
+
+    def counting(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+        logits[0] += q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2]
+        return plain(q, k, v, bias, scale)
+
+    def free(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+        # SDPA's own output layout (windows, n, heads, hd) seen as (windows, heads, n, hd), left unwritten
+        return torch.empty(v.shape[0], v.shape[2], v.shape[1], v.shape[3], dtype=v.dtype).transpose(1, 2)
+
+    def without_attention() -> torch.Tensor:
+        lua_attention.window_sdpa = free
+        try:
+            return m16(xb, "x2")
+        finally:
+            lua_attention.window_sdpa = plain
+
+    with torch.inference_mode():
+        lua_attention.window_sdpa = counting
+        try:
+            m16(xb, "x2")
+        finally:
+            lua_attention.window_sdpa = plain
+        res = alternate({"baseline fp32": lambda: baseline_forward(m32, x, "x2"), "ours bf16": lambda: m16(xb, "x2"),
+                         "ours bf16, attention a free stand-in": without_attention}, args.repeat)
+    show(f"floor: {size}^2 x2, bf16, attention against the rest (s)", res, "baseline fp32", 1, "s")
+    base, whole, rest = res["baseline fp32"][0], res["ours bf16"][0], res["ours bf16, attention a free stand-in"][0]
+    # exp rate: torch's vectorised exp on a buffer that stays in cache (half a MiB per thread), both threads
+    buf = torch.randn(args.threads * 2 ** 17) * 4
+    dst = torch.empty_like(buf)
+    calls, runs = 200, []
+    for _ in range(3 * args.repeat + 2):  # the best run: a floor takes the kernel's peak rate
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            torch.exp(buf, out=dst)
+        runs.append(time.perf_counter() - t0)
+    exp_rate = calls * buf.numel() / min(runs)
+    gemm_rate = rates[torch.bfloat16]
+    attn_mm = attention_flops(m16.config, 1, size, size) / gemm_rate
+    least = logits[0] / exp_rate + attn_mm
+    allowed = target * base - rest
+    print(f"   attention (whole - rest) {whole - rest:.3f} s = {(whole - rest) / whole:.0%} of the bf16 forward; "
+          f"the rest {rest:.3f} s = {rest / base:.3f}x the baseline")
+    print(f"   logits exponentiated {logits[0]:,}; torch exp (fp32, in cache, {args.threads} threads) "
+          f"{exp_rate / 1e9:.2f} G/s; bf16 GEMM rate {gemm_rate / 1e9:.0f} GFLOP/s")
+    print(f"   attention's least cost: {logits[0] / exp_rate:.3f} s of exps + {attn_mm:.3f} s of q k^T and attn @ v "
+          f"= {least:.3f} s (softmax's max, sum and scaling not counted); measured {whole - rest:.3f} s")
+    print(f"   target {target}x the baseline = {target * base:.3f} s: attention may take {allowed:.3f} s next to the "
+          f"rest as it is; " + ("reachable with a faster attention kernel" if allowed >= least else
+                                 "below its least cost: out of reach unless the rest shrinks too"))
+    print(f"   with attention at its least cost: {(rest + least) / base:.3f}x the baseline")
+
+
+def compile(args: argparse.Namespace) -> None:  # noqa: A001 (the section's name)
+    """One Swin block in bf16: eager, inductor, inductor max-autotune, and the model's blocks."""
+    import torch._inductor.config as inductor
+    from cpu_alternatives import PlainBlock
+
+    inductor.freezing = True
+    size = max(args.sizes)
+    model = lua_model(torch.bfloat16)
+    cfg = model.config
+    torch.manual_seed(0)
+    c, heads = cfg.embed_dim, cfg.num_heads[0]
+    block = PlainBlock(c, heads, cfg.window_size ** 2).eval()
+    with torch.no_grad():
+        for p in block.parameters():
+            p.normal_(0, 0.02)
+    block = block.to(torch.bfloat16)
+    t = torch.randn(1, size * size, c, dtype=torch.bfloat16)
+    fns: dict[str, Callable[[], object]] = {"plain block, eager": lambda: block(t)}
+    with torch.inference_mode():
+        ref = block(t).float()
+        for mode in ("default", "max-autotune"):
+            t0 = time.perf_counter()
+            fast = torch.compile(block, mode=mode)
+            diff = (fast(t).float() - ref).abs().max().item()
+            print(f"   torch.compile mode={mode} took {time.perf_counter() - t0:.1f} s (max diff {diff:.1e})")
+            fns[f"plain block, torch.compile {mode}"] = lambda fast=fast: fast(t)
+        lays = model.layouts(size, size, t.device)
+        first = model.layers[0].residual_group.blocks
+        workspace = Workspace()
+        # the model's blocks update their input in place: each call gets a fresh copy
+        for i, kind in ((0, "unshifted"), (1, "shifted")):
+            fns[f"the model's {kind} block (+ a copy)"] = lambda b=first[i]: b(
+                t.clone(), lays.by_shift[b.shift], None, workspace)
+        res = alternate(fns, 2 * args.repeat)
+    show(f"compile: one Swin block, bf16, {size}^2", res, "plain block, eager")
+
+
 def peer_models() -> list[tuple[str, torch.nn.Module, int, float, str | None]]:
     """(label, released-shape model with its own random initialisation, channels, scale, latent format)."""
     from lua_core.archs.city96 import City96Config, City96Upscaler
@@ -290,7 +395,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="32,64", help="latent sides (the largest is used by profile/attention)")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--sections", default="gemm,forward,profile,attention,epilogue,onednn,peers")
+    ap.add_argument("--sections", default="gemm,forward,floor,profile,attention,epilogue,onednn,peers")
     ap.add_argument("--small", action="store_true", help="LUA sections on a small stand-in config (smoke runs)")
     add_log_argument(ap)
     args = ap.parse_args()
@@ -303,11 +408,11 @@ def main() -> None:
           f"{os.environ.get('OMP_WAIT_POLICY', '(unset)')}; torch reports AMX tiles "
           f"{cpu._is_amx_tile_supported()}, AVX-512 BF16 {cpu._is_avx512_bf16_supported()}")
     sections = args.sections.split(",")
-    rates = gemm(args) if "gemm" in sections or "forward" in sections else {}
+    rates = gemm(args) if {"gemm", "forward", "floor"} & set(sections) else {}
     for name in sections:
-        if name == "forward":
-            forward(args, rates)
-        elif name in ("profile", "attention", "epilogue", "onednn", "peers"):
+        if name in ("forward", "floor"):
+            globals()[name](args, rates)
+        elif name in ("profile", "attention", "epilogue", "onednn", "peers", "compile"):
             globals()[name](args)
         elif name != "gemm":
             raise SystemExit(f"unknown section {name!r}")

@@ -54,12 +54,18 @@ def test_gpu_check_dry_run_on_cpu() -> None:
 
 
 def test_cpu_bf16_runs_every_section() -> None:
+    # every section but profile (slow under the profiler) and compile (needs a C++ compiler, minutes)
     out = run("cpu_bf16.py", "--small", "--sizes", "16", "--repeat", "1", "--sections",
-              "gemm,forward,attention,epilogue,onednn,peers")
-    for title in ("gemm: 5 calls", "forward: 16^2 x2, small", "forward: 16^2 x4, small", "attention: one unshifted",
-                  "epilogue: whole", "onednn: whole", "peers: city96", "peers: NNLatentUpscale", "peers: LSSGen",
-                  "peers: SesquiLSR"):
+              "gemm,forward,floor,attention,epilogue,onednn,peers")
+    for title in ("gemm: 5 calls", "forward: 16^2 x2, small", "forward: 16^2 x4, small", "floor: 16^2 x2, bf16",
+                  "attention: one unshifted", "epilogue: whole", "onednn: whole", "peers: city96",
+                  "peers: NNLatentUpscale", "peers: LSSGen", "peers: SesquiLSR"):
         assert f"-- {title}" in out, out
+    # the floor counts the logits the SDPA calls exponentiate. At 16^2 (2 x 2 windows of 8 x 8, 6 heads): the
+    # unshifted block 4 x 64^2 per head; the shifted one splits its windows by mask region (shift 4): one
+    # whole, two in 2 halves, one in 4 quarters = 64^2 + 2 x 2 x 32^2 + 4 x 16^2 per head
+    logits = int(re.search(r"logits exponentiated ([\d,]+);", out)[1].replace(",", ""))
+    assert logits == 6 * (4 * 64 ** 2) + 6 * (64 ** 2 + 2 * 2 * 32 ** 2 + 4 * 16 ** 2), out
     assert "bf16 / fp32 GEMM rate" in out and "bf16 matmul bound" in out, out
     # the bf16 LUA forward against the fp32 one (random weights N(0, 0.02)): measured 4e-3
     drifts = [float(d) for d in re.findall(r"bf16 vs fp32 output .*max \|diff\| ([0-9.e+-]+)", out)]
