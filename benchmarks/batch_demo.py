@@ -3,17 +3,17 @@
     python benchmarks/batch_demo.py [--log docs/measurements/X.log]
 
 Why this exists: docs/batch.md quotes what ``python -m lua_core batch`` prints on one server (a sweep, the
-same command again, ``--dry-run``, a job the server rejects, a server SIGKILLed mid-batch), and issue 18
-wants every quoted output to come from a committed log. This script starts one CPU ComfyUI test server on
-port 8188 (the client's default; the test node pack and test VAEs, as batch_farm_demo.py), copies
-``tests/data/batch/ui_features.json`` to ``workflow.json`` in a fresh folder and runs the real client there,
-as a user types it (``--dry-run`` before and after the sweep), printing each command and what it printed
-(stderr and stdout, in order), the output tree and a manifest row. For the crash it SIGKILLs the server
-``--kill-delay`` seconds after the first job's row is in the manifest and restarts it at once (ComfyUI then
-takes its start-up time to answer). The delay puts the kill in the middle of job 2 rather than in the
-client's ``POST /prompt`` of job 3, which follows the first row at once: a send cut that way is looked up
-for ``--timeout`` + 5 s before it is sent again (docs/batch.md), another transcript. ``--log PATH`` writes
-the same, with the machine, to PATH.
+same command again, ``--dry-run``, a job the server rejects, one that fails while running, a server
+SIGKILLed mid-batch), and issue 18 wants every quoted output to come from a committed log. This script
+starts one CPU ComfyUI test server on port 8188 (the client's default; the test node pack and test VAEs, as
+batch_farm_demo.py), copies ``tests/data/batch/ui_features.json`` to ``workflow.json`` in a fresh folder and
+runs the real client there, as a user types it (``--dry-run`` before and after the sweep), printing each
+command and what it printed (stderr and stdout, in order), the output tree and a manifest row. For the crash
+it SIGKILLs the server ``--kill-delay`` seconds after the first job's row is in the manifest and restarts it
+at once (ComfyUI then takes its start-up time to answer). The delay puts the kill in the middle of job 2
+rather than in the client's ``POST /prompt`` of job 3, which follows the first row at once: a send cut that
+way is looked up for ``--timeout`` + 5 s before it is sent again (docs/batch.md), another transcript.
+``--log PATH`` writes the same, with the machine, to PATH.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from tests.comfyui import harness  # noqa: E402
 
 SWEEP = ["--set", "KSampler.seed=1..3", "--set", "LUA Test: Empty Latent For Model.width=64,96"]
 INVALID = ["--set", "Load VAE.vae_name=lua_test_taesd_4ch.safetensors,missing.safetensors", "--out", "errors"]
+# a 4-channel latent into a 16-channel decoder: valid, fails while running
+FAILING = ["--set", "Load VAE.vae_name=lua_test_taesd_16ch.safetensors", "--out", "failing"]
 CRASH = ["--set", "KSampler.seed=1..4", "--set", "Sleep.seconds=1.5", "--out", "crash"]
 
 
@@ -121,6 +123,7 @@ def main() -> None:
         finish(out, start(out, work, quick))
         finish(out, start(out, work, [*quick, "--dry-run"]))
         finish(out, start(out, work, INVALID))
+        finish(out, start(out, work, FAILING))
         crash(out, work, server, args.kill_delay)
     finally:
         server.stop()
