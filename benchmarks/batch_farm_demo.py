@@ -29,6 +29,28 @@ from batch_farm import Tee, machine, server_bound  # noqa: E402
 from tests.comfyui import harness, make_test_models  # noqa: E402
 
 
+def demo_server(base: Path, port: int) -> harness.ComfyServer:
+    """A CPU ComfyUI server on ``port`` with the test node pack and the small test VAEs (one torch thread)."""
+    vaes = make_test_models.standard_test_vaes(ROOT / "tests" / "_artifacts" / "models", full=False)
+    return harness.ComfyServer(base / f"server{port}", port=port, model_files={"vae": vaes},
+                               env={"OMP_NUM_THREADS": "1"},
+                               custom_nodes={harness.TEST_PACK_INSTALL_NAME: harness.TEST_PACK_DIR})
+
+
+def header(out: Tee, title: str, script: str) -> None:
+    """The log's first lines: what ran, when, and on what (the load says how noisy the times are)."""
+    out(f"# {title}")
+    out(f"# command: python benchmarks/{script} {' '.join(sys.argv[1:])}")
+    out(f"# date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    out(f"# machine: {machine()}; load average at start {os.getloadavg()[0]:.1f} (other work shares it)")
+
+
+def client_env() -> dict[str, str]:
+    """The client's environment: this repository importable, no ``$COMFYUI_URL`` (``--server``
+    or the default, http://127.0.0.1:8188, decides)."""
+    return {**{k: v for k, v in os.environ.items() if k != "COMFYUI_URL"}, "PYTHONPATH": str(ROOT)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=36, help="jobs in the sweep (36)")
@@ -38,16 +60,10 @@ def main() -> None:
     args = ap.parse_args()
     out = Tee(args.log)
     base = Path(tempfile.mkdtemp(prefix="batch_farm_demo_"))
-    vaes = make_test_models.standard_test_vaes(ROOT / "tests" / "_artifacts" / "models", full=False)
-    servers = [harness.ComfyServer(base / f"server{port}", port=port, model_files={"vae": vaes},
-                                   env={"OMP_NUM_THREADS": "1"},
-                                   custom_nodes={harness.TEST_PACK_INSTALL_NAME: harness.TEST_PACK_DIR})
-               for port in (8188, 8189, 8190)]
+    servers = [demo_server(base, port) for port in (8188, 8189, 8190)]
     try:
-        out("# batch farm demo: 3 ComfyUI servers, the second SIGKILLed after 4 jobs and restarted at once")
-        out(f"# command: python benchmarks/batch_farm_demo.py {' '.join(sys.argv[1:])}")
-        out(f"# date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
-        out(f"# machine: {machine()}; load average at start {os.getloadavg()[0]:.1f} (other work shares it)")
+        header(out, "batch farm demo: 3 ComfyUI servers, the second SIGKILLed after 4 jobs and restarted at once",
+               "batch_farm_demo.py")
         for server in servers:
             server.start()
         work = base / "work"
@@ -61,11 +77,10 @@ def main() -> None:
                  "--no-progress"]
         out(f"$ {' '.join(argv[:5])} --server ... --set 'Latent.width=64,72,...' --move-after "
             f"{args.move_after:g} --out renders --no-progress")
-        env = {**{k: v for k, v in os.environ.items() if k != "COMFYUI_URL"}, "PYTHONPATH": str(ROOT)}
         log = base / "client.log"
         with open(log, "w") as err:
             client = subprocess.Popen([sys.executable, *argv[1:]], cwd=work, stderr=err, stdout=subprocess.DEVNULL,
-                                      env=env)
+                                      env=client_env())
         manifest = work / "renders" / "manifest.jsonl"
         t0 = time.monotonic()
         while not manifest.exists() or len(manifest.read_text().splitlines()) < 4:
