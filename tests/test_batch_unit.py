@@ -426,7 +426,7 @@ def test_outcome_formatting() -> None:
     entry = {"status": {"status_str": "error", "messages": [
         ["execution_start", {"timestamp": 1000}],
         ["execution_error", {"node_id": "2", "node_type": "LUATest_Sleep", "exception_type": "RuntimeError",
-                             "exception_message": "boom", "traceback": ["a\n", "b\n"]}]]},
+                             "exception_message": "boom\n", "traceback": ["a\n", "b\n"]}]]},
         "outputs": {"10": {"images": [{"filename": "b.png", "subfolder": "", "type": "output"}]},
                     "9": {"images": [{"filename": "a.png", "subfolder": "s", "type": "output"},
                                      {"filename": "p.png", "type": "temp"}], "text": ["not a file"]}}}

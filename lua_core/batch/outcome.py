@@ -52,7 +52,8 @@ def execution_error(entry: Mapping[str, Any], prompt: Mapping[str, Any]) -> dict
             node_id = str(data.get("node_id"))
             return {"kind": "execution", "node_id": node_id, "title": _title(prompt, node_id),
                     "class_type": data.get("node_type"), "exception_type": data.get("exception_type"),
-                    "message": data.get("exception_message"),
+                    # ComfyUI's message ends with the exception's newline, which printed a blank line
+                    "message": str(data.get("exception_message") or "").rstrip(),
                     "traceback": "".join((data.get("traceback") or [])[-6:])}
     return None
 

@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         where = (f"on {clients[0].base_url}, {args.in_flight} in flight" if len(clients) == 1 else
                  f"on {len(clients)} servers ({', '.join(c.base_url for c in clients)}), {args.in_flight} in flight "
                  "each")
-        print(f"{len(plan.jobs)} jobs from {args.workflow} ({plan.workflow.format} format) {where}; outputs in "
+        print(f"{_jobs(len(plan.jobs))} from {args.workflow} ({plan.workflow.format} format) {where}; outputs in "
               f"{out_dir}/, manifest {manifest.path}", file=sys.stderr)
     try:
         result = BatchRunner(clients, plan.jobs, out_dir, manifest=manifest.path, options=opts,
@@ -158,6 +158,10 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.ok else EXIT_FAILED
 
 
+def _jobs(n: int) -> str:
+    return f"{n} job" if n == 1 else f"{n} jobs"
+
+
 def _summary(result: BatchResult, farm: bool) -> None:
     """The last lines: counts, then (several servers) one line per server with its jobs and its failures."""
     parts = [f"{result.succeeded} succeeded", f"{result.failed} failed", f"{result.skipped} already done"]
@@ -165,7 +169,7 @@ def _summary(result: BatchResult, farm: bool) -> None:
         parts.append(f"{result.count('cancelled')} cancelled")
     if result.not_run:
         parts.append(f"{result.not_run} not run")
-    print(f"{result.total} jobs: {', '.join(parts)} in {result.elapsed:.1f}s; manifest {result.manifest}",
+    print(f"{_jobs(result.total)}: {', '.join(parts)} in {result.elapsed:.1f}s; manifest {result.manifest}",
           file=sys.stderr)
     if not farm:
         return

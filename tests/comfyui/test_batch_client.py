@@ -133,6 +133,9 @@ def test_sweep_of_12_jobs_writes_12_rows_and_12_files(comfy_server: harness.Comf
     assert again.returncode == 0, again.stderr
     assert "12 already done" in again.stderr
     assert len(manifest_rows(out)) == 12, "a finished job was run again"
+    one = cli(*cli_args(wf, comfy_server, out, "--set", "Empty Latent Image.width=64", "--set", "Sleep.seconds=0"))
+    assert one.returncode == 0 and "1 job from " in one.stderr and "\n1 job: 0 succeeded, 0 failed, 1 already done" \
+        in one.stderr, one.stderr
 
 
 # --------------------------------------------------------------------------------------------------
