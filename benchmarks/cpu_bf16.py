@@ -297,23 +297,29 @@ def floor(args: argparse.Namespace, rates: dict[torch.dtype, float]) -> None:
                          "ours bf16, attention a free stand-in": without_attention}, args.repeat)
     show(f"floor: {size}^2 x2, bf16, attention against the rest (s)", res, "baseline fp32", 1, "s")
     base, whole, rest = res["baseline fp32"][0], res["ours bf16"][0], res["ours bf16, attention a free stand-in"][0]
-    # exp rate: torch's vectorised exp on a buffer that stays in cache (half a MiB per thread), both threads
-    buf = torch.randn(args.threads * 2 ** 17) * 4
+    # exp rate: torch's vectorised exp on one thread over a buffer that stays in its core's L2, times the
+    # threads (exp is compute-bound and splits perfectly); timed on one thread because with waiting threads
+    # asleep (OMP_WAIT_POLICY=PASSIVE) waking them costs more than a cache-sized call's work
+    buf = torch.randn(2 ** 16) * 4
     dst = torch.empty_like(buf)
-    calls, runs = 200, []
-    for _ in range(3 * args.repeat + 2):  # the best run: a floor takes the kernel's peak rate
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            torch.exp(buf, out=dst)
-        runs.append(time.perf_counter() - t0)
-    exp_rate = calls * buf.numel() / min(runs)
+    calls, runs = 400, []
+    torch.set_num_threads(1)
+    try:
+        for _ in range(3 * args.repeat + 2):  # the best run: a floor takes the kernel's peak rate
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                torch.exp(buf, out=dst)
+            runs.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(args.threads)
+    exp_rate = args.threads * calls * buf.numel() / min(runs)
     gemm_rate = rates[torch.bfloat16]
     attn_mm = attention_flops(m16.config, 1, size, size) / gemm_rate
     least = logits[0] / exp_rate + attn_mm
     allowed = target * base - rest
     print(f"   attention (whole - rest) {whole - rest:.3f} s = {(whole - rest) / whole:.0%} of the bf16 forward; "
           f"the rest {rest:.3f} s = {rest / base:.3f}x the baseline")
-    print(f"   logits exponentiated {logits[0]:,}; torch exp (fp32, in cache, {args.threads} threads) "
+    print(f"   logits exponentiated {logits[0]:,}; torch exp (fp32, in cache, 1 thread's rate x {args.threads}) "
           f"{exp_rate / 1e9:.2f} G/s; bf16 GEMM rate {gemm_rate / 1e9:.0f} GFLOP/s")
     print(f"   attention's least cost: {logits[0] / exp_rate:.3f} s of exps + {attn_mm:.3f} s of q k^T and attn @ v "
           f"= {least:.3f} s (softmax's max, sum and scaling not counted); measured {whole - rest:.3f} s")
