@@ -10,11 +10,13 @@ is pinned on its own, in milliseconds, so that a mutation of it fails the fast s
 from __future__ import annotations
 
 import time
+import urllib.error
 from pathlib import Path
 
 import pytest
 
 from lua_core.batch import ComfyClient
+from lua_core.batch.errors import ServerUnreachable
 from lua_core.batch.farm import Book
 from lua_core.batch.jobs import Job
 from lua_core.batch.manifest import Journal, Manifest
@@ -119,6 +121,9 @@ class FakeClient:
     def history(self, prompt_id: str) -> dict | None:
         return self.entries.get(prompt_id)
 
+    def queue(self) -> dict:
+        return {"queue_running": [], "queue_pending": []}
+
 
 def worker(tmp_path: Path, client: FakeClient, grace: float = 30.0, max_attempts: int = 3) -> ServerWorker:
     book = Book(Manifest(tmp_path / "out" / "manifest.jsonl"), tmp_path / "out", [client.base_url], client_id="me",
@@ -135,6 +140,31 @@ def test_a_prompt_just_sent_is_not_lost_before_the_grace_period(tmp_path: Path) 
     attempt.sent_at = time.monotonic() - 31.0
     w._reconcile()
     assert not w.book.owns(attempt) and list(w.book.pending) == [job], "gone after the grace period: sent again"
+
+
+def unreachable(reason: BaseException) -> ServerUnreachable:
+    """What the client raises for a request that failed with ``reason`` (``raise ... from`` the URLError)."""
+    try:
+        raise ServerUnreachable(f"GET /queue failed: {reason}") from urllib.error.URLError(reason)
+    except ServerUnreachable as err:
+        return err
+
+
+@pytest.mark.parametrize("refused", [True, False])
+def test_a_send_cut_by_a_process_that_is_gone_is_lost_once_the_server_is_back(tmp_path: Path, refused: bool) -> None:
+    """A refused connection after a send means the process that got it is gone (SIGKILL, restart): when the
+    server answers again without the prompt it is sent again at once, not after the grace a send to a live
+    but slow server gets (a timeout or reset says nothing of the kind: that one still waits)."""
+    w = worker(tmp_path, FakeClient(A), grace=30.0)
+    (job,) = jobs(1)
+    attempt = w.book.begin(A, job)  # POST /prompt sent, its answer cut
+    w._went_away(unreachable(ConnectionRefusedError(111, "Connection refused") if refused else TimeoutError()))
+    w._probe()  # back, without the prompt
+    w._reconcile()
+    if refused:
+        assert not w.book.owns(attempt) and list(w.book.pending) == [job], "lost with the old process: sent again"
+    else:
+        assert w.book.owns(attempt) and not w.book.pending, "may still land: waits out the grace period"
 
 
 def test_a_history_entry_without_a_status_is_not_a_result(tmp_path: Path) -> None:

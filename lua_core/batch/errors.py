@@ -27,6 +27,14 @@ class SweepError(BatchError):
 class ServerUnreachable(BatchError):
     """The server did not answer (connection refused/reset, timeout, 502/503/504): retried by the runner."""
 
+    @property
+    def refused(self) -> bool:
+        """The connection was refused: nothing listened on the server's port then, so the process that got
+        an earlier request is gone and a prompt it was sent cannot still land (a timeout or reset says
+        nothing of the kind)."""
+        cause = self.__cause__
+        return isinstance(getattr(cause, "reason", cause), ConnectionRefusedError)
+
 
 class ServerGaveUp(BatchError):
     """The server stayed unreachable longer than the runner was told to wait; re-run to resume."""

@@ -64,6 +64,7 @@ class ServerWorker(threading.Thread):
         self.state = NEW
         self.was_up = False  # answered at least once in this run
         self.away_since: float | None = None
+        self.refused_at: float | None = None  # the last refused connection of the current outage
         self.last_error = ""
         self.info = info if precheck else None
         self.error: BaseException | None = None
@@ -174,6 +175,13 @@ class ServerWorker(threading.Thread):
         if self.precheck and (self.info is None or was_away):
             self._refresh_capabilities()
         with self.book.lock:
+            if was_away and self.refused_at is not None:
+                # sends cut by a process that is gone since: if this server does not show them now, they
+                # are lost, without waiting out the grace a send to a live but slow server gets
+                for attempt in self.book.held(self.url):
+                    if attempt.uncertain and attempt.sent_at < self.refused_at:
+                        attempt.uncertain = False
+            self.refused_at = None
             if was_away and self.away_since is not None:
                 away = time.monotonic() - self.away_since
                 self.book.stats[self.url].away_seconds += away
@@ -194,6 +202,8 @@ class ServerWorker(threading.Thread):
 
     def _went_away(self, err: Exception) -> None:
         with self.book.lock:
+            if getattr(err, "refused", False):
+                self.refused_at = time.monotonic()
             self.ws_up = False
             self.last_error = str(err)
             if self.state == AWAY:
