@@ -4,7 +4,7 @@
     python benchmarks/lua_speed.py memory    # peak working memory, one-shot vs max_memory plans
     python benchmarks/lua_speed.py pipeline  # LUA x2 + decode vs decode + SwinIR x2 vs bicubic + decode
     python benchmarks/lua_speed.py tiling    # tiled vs one-shot difference at the default overlap
-    python benchmarks/lua_speed.py drift     # fp16 / bf16 against fp32 on the conformance models
+    python benchmarks/lua_speed.py drift     # bf16 / fp16 / fp32 against the official fp32 outputs (conformance models)
     python benchmarks/lua_speed.py sizes     # time and peak memory, x2 and x4, 32^2-256^2, fp32 and bf16
     python benchmarks/lua_speed.py all
 
@@ -485,7 +485,7 @@ def bench_drift(args) -> list[dict]:
         folder = unpack_folder(DATA / name, tmp / name)
         vec = load_file(folder / "vectors.safetensors")
         man = json.loads((folder / "manifest.json").read_text())
-        for dname in ("bf16", "fp16") + (("fp32",) if args.device.startswith("cuda") else ()):
+        for dname in ("bf16", "fp16", "fp32"):
             m = lua_core.load_model(folder / "weights.safetensors", dtype=DTYPES[dname], device=args.device)
             worst, total, count = 0.0, 0.0, 0
             for c in man["cases"]:

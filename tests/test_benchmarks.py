@@ -50,7 +50,10 @@ def test_gpu_check_dry_run_on_cpu() -> None:
                                                                                       or "default" in line)]
     assert len(variants) == 6, out
     assert all(float(v[-1]) < 1e-4 for v in variants), out  # fp32 against the fp32 baseline
-    assert out.count("max |diff| vs fp32 official") == 4, out
+    # section 6: bf16, fp16 and fp32 on both conformance models; fp32 is the exact path (measured 1.1e-5)
+    assert out.count("max |diff| vs fp32 official") == 6, out
+    fp32 = [float(d) for d in re.findall(r"fp32 \(cpu\): max \|diff\| vs fp32 official ([0-9.e+-]+)", out)]
+    assert len(fp32) == 2 and max(fp32) < 1e-4, out
 
 
 def test_cpu_bf16_runs_every_section() -> None:
