@@ -113,7 +113,10 @@ def test_each_terms_gradient_reaches_the_weights_and_matches_finite_differences(
         t = 3e-3 * float(value.detach()) / gnorm  # a step that moves the value by about 0.3%
         fd = (moved_value(model, unit, t, head, scale, env["batch"], stage, vae, term)
               - moved_value(model, unit, -t, head, scale, env["batch"], stage, vae, term)) / (2 * t)
-        # measured: within 2.5% for every term and head (the L1 kinks and fp32 values keep it from exact)
+        # measured: within 2.5% for every term and head (the L1 kinks and fp32 values keep it from exact;
+        # docs/measurements/cpu-2026-12-02-train-test-values.log: ``pytest -s`` prints each ratio)
+        print(f"[measured] stage {stage_n} {term} ({hf_domain}, {head}): central difference / |gradient| "
+              f"{fd / gnorm:.4f}")
         assert fd == pytest.approx(gnorm, rel=0.1), (stage_n, term, head, fd, gnorm)
 
 
@@ -179,4 +182,5 @@ def test_each_term_alone_lowers_itself(env, tmp_path, stage_n, hf_domain, term):
     after = now()
     # measured after/before: 0.58 latent_l1, 0.70 latent_fft, 0.91 consistency, 0.84 / 0.90 high_freq (pixel /
     # latent), 0.92 pixel_l1, 0.82 pixel_fft, 0.37 eagle (deterministic on the CPU: fixed seeds and batch)
+    print(f"[measured] stage {stage_n} {term} ({hf_domain}) alone: after / before {after / before:.3f}")
     assert after < 0.95 * before, (stage_n, term, before, after)

@@ -103,6 +103,7 @@ def test_loss_decreases_on_a_fixed_batch(env, tmp_path, stage_n, steps, bound):
     before = loss_now()
     t.fit()
     after = loss_now()
+    print(f"[measured] stage {stage_n}, {steps} steps: loss after / before {after / before:.3f} (bound {bound})")
     assert after < bound * before, (before, after)
     assert (tmp_path / "final.safetensors").is_file()
     logs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
