@@ -90,6 +90,36 @@ def test_a_job_journaled_on_a_server_not_in_the_list_is_sent_again_keeping_its_c
     assert r.book.begin(A, r.book.pending.popleft()).attempt == 3
 
 
+def test_a_rerun_retires_the_sends_a_killed_run_superseded(tmp_path: Path) -> None:
+    """A killed farm run moved job 1 off server A (its prompt p1 still queued there) and sent it to B (p2);
+    job 2 was lost once on A and sent again to A. The re-run adopts the last sends and retires the earlier
+    ones on the servers it has: A's worker deletes p1 from A's queue, and p1's result would be dropped."""
+    r = runner(tmp_path, servers=(A, B))
+    r.workers = [ServerWorker(c, r.book, r.opts, order=i, precheck=False) for i, c in enumerate(r.clients)]
+    j1, j2, j3 = r.jobs
+    journal = r.manifest.journal
+    for row in ({"key": j1.key, "prompt_id": "p1", "server": A, "attempt": 1},
+                {"key": j2.key, "prompt_id": "q1", "server": A, "attempt": 1},
+                {"key": j1.key, "prompt_id": "p2", "server": B, "attempt": 1},
+                {"key": j2.key, "prompt_id": "q2", "server": A, "attempt": 2},
+                {"key": j3.key, "prompt_id": "x1", "server": "http://gone:8188", "attempt": 1},
+                {"key": j3.key, "prompt_id": "x2", "server": B, "attempt": 2},
+                {"key": "another sweep", "prompt_id": "o1", "server": A, "attempt": 1},
+                {"key": "another sweep", "prompt_id": "o2", "server": B, "attempt": 2}):
+        journal.append(row)
+    sent = journal.latest()
+    r._adopt([j1, j2, j3], sent)
+    r._retire_superseded(sent)
+    assert {a.prompt_id for a in r.book.held(A)} == {"q2"} and {a.prompt_id for a in r.book.held(B)} == {"p2", "x2"}
+    # the superseded sends on this run's servers only, of this sweep only
+    assert {pid: a.server for pid, a in r.book.retired.items()} == {"p1": A, "q1": A}
+    client = FakeClient(A, pending=("p1", "q2"))
+    w = ServerWorker(client, r.book, RunOptions(lost_grace=30.0), order=0, precheck=False)  # type: ignore[arg-type]
+    w._reconcile()
+    assert client.deleted == ["p1"], "the moved job's old prompt is deleted from A's queue, the current one kept"
+    assert r.book.owns(r.book.held(A)[0]) and "q2" in client.pending
+
+
 def test_journal_rows_without_a_prompt_id_are_not_sends(tmp_path: Path) -> None:
     journal = Journal(tmp_path / "m.pending.jsonl")
     journal.append({"key": "a", "prompt_id": "p1"})
@@ -123,6 +153,13 @@ class FakeClient:
 
     def queue(self) -> dict:
         return {"queue_running": [], "queue_pending": []}
+
+    def delete_queued(self, prompt_ids: list[str]) -> None:
+        self.pending = [p for p in self.pending if p not in prompt_ids]
+        self.deleted = [*getattr(self, "deleted", []), *prompt_ids]
+
+    def interrupt(self, prompt_id: str) -> None:
+        self.interrupted = [*getattr(self, "interrupted", []), prompt_id]
 
 
 def worker(tmp_path: Path, client: FakeClient, grace: float = 30.0, max_attempts: int = 3) -> ServerWorker:

@@ -60,6 +60,7 @@ class Attempt:
     interrupt_sent: bool = False  # retired and still running on its server: interrupted
     settled: bool = False  # retired, and seen neither queued nor running (its history read): not looked up again
     drop_said: bool = False  # its late result was reported as dropped (once)
+    retired_why: str = "the job was moved to another server"  # said when a retired prompt is removed or dropped
     warnings: list[str] = field(default_factory=list)
 
 
@@ -165,6 +166,17 @@ class Book:
                               sent_wall=float(row.get("time") or time.time()))
             self._hold(attempt)
             self.stats[server].first_sent = self.stats[server].first_sent or time.monotonic()
+            return attempt
+
+    def retire_earlier(self, server: str, job: Job, row: dict[str, Any]) -> Attempt:
+        """A send an earlier (killed) run journaled and then superseded by a later send of the same job
+        (it moved the job off ``server``, or found the prompt lost): retired as that run would have kept
+        it, so the worker of ``server`` deletes or interrupts it if it is still there and drops its result."""
+        with self.lock:
+            attempt = Attempt(job, str(row["prompt_id"]), int(row.get("attempt") or 1), server,
+                              sent_at=time.monotonic() - 1e9, sent_wall=float(row.get("time") or time.time()),
+                              uncertain=False, retired_why="an earlier run sent the job again")
+            self.retired[attempt.prompt_id] = attempt
             return attempt
 
     def _hold(self, attempt: Attempt) -> None:

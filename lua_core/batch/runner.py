@@ -165,6 +165,7 @@ class BatchRunner:
                 self._say(f"{skipped} of {len(self.jobs)} jobs already done (manifest {self.manifest.path}); "
                           "skipping them")
             self._adopt(todo, sent, latest)
+            self._retire_superseded(sent)
             previous = self._install_sigint()
             clean_exit = False
             try:
@@ -238,6 +239,21 @@ class BatchRunner:
         if adopted:
             where = "the server" if len(self.workers) == 1 else "their servers"
             self._say(f"{adopted} jobs were sent by an earlier run; looking them up on {where}")
+
+    def _retire_superseded(self, sent: dict[str, dict[str, Any]]) -> None:
+        """Sends of this sweep's jobs that the journal shows superseded by a later send of the same job: a
+        killed run moved those jobs off a server that went away (or found them lost) and sent them again.
+        Such a prompt may still be queued or running there; it is retired as the killed run kept it (deleted
+        or interrupted when its server answers, its result dropped), on the servers of this run's list."""
+        by_url = {normalize_url(w.url): w for w in self.workers}
+        mine = {job.key: job for job in self.jobs}
+        for row in self.manifest.journal.rows():
+            job, pid = mine.get(str(row.get("key"))), row.get("prompt_id")
+            if job is None or not pid or (sent.get(job.key) or {}).get("prompt_id") == pid:
+                continue  # another sweep's, not a send, or the job's last send (adopted or done)
+            worker = by_url.get(normalize_url(str(row.get("server") or "")))
+            if worker is not None:
+                self.book.retire_earlier(worker.url, job, row)
 
     def request_stop(self) -> None:
         """What Ctrl-C does: stop sending and cancel this client's prompts (safe from another thread)."""

@@ -468,19 +468,20 @@ class ServerWorker(threading.Thread):
         for the whole run: once settled (not queued, not running, history read) it is no longer looked up,
         but if it shows up again (a send that reached a frozen server lands when it thaws) it is deleted
         or interrupted again, and its result is never recorded."""
-        queued = [a.prompt_id for a in retired if a.prompt_id in pending]
+        queued = [a for a in retired if a.prompt_id in pending]
         if queued:
-            self.client.delete_queued(queued)
-            self._say(f"{self.who}: removed {len(queued)} prompt{'s' if len(queued) > 1 else ''} of jobs moved "
-                      "to other servers from its queue")
+            self.client.delete_queued([a.prompt_id for a in queued])
+            for why in sorted({a.retired_why for a in queued}):
+                n = sum(a.retired_why == why for a in queued)
+                self._say(f"{self.who}: removed {n} prompt{'s' if n > 1 else ''} from its queue ({why})")
         for attempt in retired:
             pid = attempt.prompt_id
             if pid in running:
                 self.client.interrupt(pid)
                 if not attempt.interrupt_sent:  # say it once
                     attempt.interrupt_sent = True
-                    self._say(f"{self.who}: interrupting prompt {pid} of job {attempt.job.index} (moved to another "
-                              "server)")
+                    self._say(f"{self.who}: interrupting prompt {pid} of job {attempt.job.index} "
+                              f"({attempt.retired_why})")
                 continue
             if pid in pending or attempt.settled or (attempt.uncertain and now - attempt.sent_at < grace):
                 continue  # deleted above (checked again next time), settled, or its POST may still land
@@ -613,7 +614,7 @@ class ServerWorker(threading.Thread):
             return
         attempt.drop_said = True
         self._say(f"job {attempt.job.index} ({attempt.job.label}): late result of prompt {attempt.prompt_id} from "
-                  f"{self.the_server} dropped (the job was moved to another server)")
+                  f"{self.the_server} dropped ({attempt.retired_why})")
 
 
 # node-error types that depend on what the server has (its files, its nodes), not on the prompt alone

@@ -234,6 +234,31 @@ def test_client_killed_mid_batch_rerun_adopts_its_prompts(comfy_server: harness.
     assert sorted(executed) == sorted({r["key"] for r in rows}), "each job must run exactly once on the server"
 
 
+@pytest.mark.timeout(120)
+def test_a_rerun_deletes_the_send_a_killed_run_superseded(comfy_server: harness.ComfyServer, tmp_path: Path) -> None:
+    """A killed run's journal holds two sends of one job: an older one still queued on the server (a farm run
+    moved the job away from it, or found it lost, and sent it again) and the last one. The re-run adopts the
+    last send and deletes the older prompt from the queue: the job runs once, the old prompt never."""
+    wf = sleep_prompt(seconds=0.0)
+    path = write_json(tmp_path / "wf.json", wf)
+    out = tmp_path / "out"
+    out.mkdir()
+    comfy_server.post_prompt(sleep_prompt(seconds=3.0, width=72), client_id="someone else")  # keeps the queue busy
+    old = f"old-{time.time_ns()}"
+    comfy_server.post_prompt(wf, client_id="killed run", prompt_id=old)
+    journal = [{"key": prompt_key(wf), "prompt_id": old, "client_id": "killed run", "server": comfy_server.url,
+                "attempt": 1},
+               {"key": prompt_key(wf), "prompt_id": f"new-{time.time_ns()}", "client_id": "killed run",
+                "server": comfy_server.url, "attempt": 2}]
+    (out / "manifest.pending.jsonl").write_text("".join(json.dumps(r) + "\n" for r in journal))
+    run = cli(*cli_args(path, comfy_server, out))
+    assert run.returncode == 0, run.stderr
+    assert "removed 1 prompt from its queue (an earlier run sent the job again)" in run.stderr, run.stderr
+    assert [r["status"] for r in manifest_rows(out)] == ["success"], manifest_rows(out)
+    wait_for(lambda: not any(comfy_server.queue().values()), 30, "the server's queue to empty")
+    assert old not in comfy_server.history(), "the superseded send ran"
+
+
 # --------------------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------------------
