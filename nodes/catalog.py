@@ -292,11 +292,17 @@ def _family_rank(c: Choice) -> int:
 _NEIGHBOURS = {"sd15": "sdxl", "sdxl": "sd15"}
 
 
+def fits_format(fits: tuple[str, ...], fmt: str) -> bool:
+    """Whether latents of ``fmt`` may go to a model made for ``fits`` (a neighbour is a last resort); any
+    when ``fits`` is not known (())."""
+    return not fits or fmt in fits or _NEIGHBOURS.get(fmt) in fits
+
+
 def takes(c: Choice, fmt: str) -> bool:
     """False for an entry made for other latents than ``fmt`` (its own formats, or its family's, say
     so), which must never get them; a neighbouring format (``_NEIGHBOURS``) is a last resort, not other."""
     if c.fits:
-        return fmt in c.fits or _NEIGHBOURS.get(fmt) in c.fits
+        return fits_format(c.fits, fmt)
     fam = _FAMILIES.get(c.family or "")
     return fam is None or not fam.formats or fmt in fam.formats
 

@@ -50,6 +50,8 @@ class LUAModelHandle:
     #: "flux" | "sd3" | "sdxl" | "sd15" from the connected MODEL, or None
     latent_format: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: the latent formats the file was made for (its metadata or the known-file registry); () = not known
+    fits: tuple[str, ...] = ()
 
     @property
     def upscaler(self) -> Any:
@@ -58,6 +60,34 @@ class LUAModelHandle:
     @property
     def latent_channels(self) -> int:
         return self.upscaler.latent_channels
+
+    def made_for(self) -> str:
+        """"FLUX/SD3" (what the file was made for), else the latent spaces of its channel count."""
+        from ..lua_core import LATENT_SPACES, families_with_channels
+
+        if self.fits:
+            return "/".join(LATENT_SPACES[f].label for f in self.fits)
+        return families_with_channels(self.latent_channels) or f"{self.latent_channels}-channel latents"
+
+    def family_label(self) -> str:
+        from ..lua_core import family_by_name
+
+        try:
+            return family_by_name(self.upscaler.family).label
+        except KeyError:
+            return str(self.upscaler.family)
+
+    def check_format(self, fmt: str, where: str) -> None:
+        """Refuse latents of ``fmt`` (said by ``where``) for a file made for other latents: a FLUX LUA on
+        Qwen-Image latents runs (same channel count) but gives wrong output."""
+        from ..lua_core import LATENT_SPACES, LuaError
+        from .catalog import fits_format
+
+        if not fits_format(self.fits, fmt):
+            raise LuaError(f"{where} says {LATENT_SPACES[fmt].label} latents, but {self.name} is a "
+                           f"{self.family_label()} upscaler made for {self.made_for()} latents: its output on "
+                           f"these would be wrong. In Load LUA Model, pick an upscaler for "
+                           f"{LATENT_SPACES[fmt].label} (or 'auto' with your MODEL connected to its model input).")
 
     def describe(self) -> str:
         u = self.upscaler

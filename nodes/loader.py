@@ -126,7 +126,7 @@ def load(model_name: str, dtype: str = "auto", model: Any = None) -> LUAModelHan
         info["license"] = catalog.RESEARCH_USE
     elif choice.license:
         info["license"] = choice.license
-    return LUAModelHandle(patcher, choice.name, fmt, info)
+    return LUAModelHandle(patcher, choice.name, fmt, info, fits=catalog.loaded_choice(choice, upscaler).fits)
 
 
 def model_latent(model: Any) -> tuple[str | None, int | None]:

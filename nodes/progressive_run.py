@@ -53,9 +53,10 @@ def upscale_stage(samples: torch.Tensor, size: tuple[int, int], scale: float, *,
 
 
 def check_upscaler(upscale_model: LUAModelHandle | None, channels: int, scale: float = 2.0,
-                   stages: int = 2) -> None:
-    """Refuse a channel mismatch or a scale the upscaler cannot do before any sampling, not after
-    the first stage's work (the upscaler only runs between stages)."""
+                   stages: int = 2, model: Any = None) -> None:
+    """Refuse a channel mismatch, latents the upscaler was not made for (same channel count, other VAE)
+    or a scale it cannot do before any sampling, not after the first stage's work (the upscaler only
+    runs between stages)."""
     if upscale_model is None or stages < 2:
         return
     if upscale_model.latent_channels != channels:
@@ -64,6 +65,12 @@ def check_upscaler(upscale_model: LUAModelHandle | None, channels: int, scale: f
         raise ValueError(f"the upscaler {upscale_model.describe()} takes {fits} latents, "
                          f"but this MODEL's latents have {channels} channels ({have}). Load an upscaler for "
                          "this model, or leave upscale_model unconnected to interpolate.")
+    latent_format = upscaler_latent_format(model) if model is not None else None
+    if latent_format is not None:
+        try:
+            upscale_model.check_format(format_name(latent_format), "this MODEL")
+        except LuaError as e:
+            raise ValueError(str(e)) from None
     if float(scale) == 1.0:  # x1 returns the latent without running the upscaler (upscale_latent)
         return
     try:
@@ -115,7 +122,7 @@ def run_progressive(model: Any, positive: Any, negative: Any, latent: dict, *, s
     samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
     if samples.ndim != 4:
         raise ValueError(f"the progressive sampler takes image latents [B, C, H, W], got shape {tuple(samples.shape)}")
-    check_upscaler(upscale_model, samples.shape[1], scale, stages)
+    check_upscaler(upscale_model, samples.shape[1], scale, stages, model)
     plan = plan_stages(samples.shape[-2], samples.shape[-1], stages=stages, scale=scale, steps=steps,
                        stage_steps=stage_steps, strength=strength)
     flux = flux_shift_per_stage and uses_flux_shift(model)

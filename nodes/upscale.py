@@ -84,7 +84,7 @@ def upscale(samples: dict, handle: LUAModelHandle, scale: float, latent_format: 
         raise LuaError(f"the latent has shape {tuple(latent.shape)}; expected [batch, channels, height, width] "
                        "(or [batch, channels, frames, height, width]).")
     check_channels(latent.shape[1], handle)
-    fmt = pick_format(latent_format, handle, latent.shape[1])
+    fmt = pick_format(latent_format, handle, latent.shape[1], video=latent.ndim == 5)
     images = latent.shape[0] * (latent.shape[2] if latent.ndim == 5 else 1)
     bar = comfy.utils.ProgressBar(images * 100)
     out = run_upscale(handle, latent, scale, latent_format=fmt, tile=tile or None,
@@ -105,17 +105,25 @@ def check_channels(channels: int, handle: LUAModelHandle) -> None:
         return
     made = families_with_channels(channels) or "another model family"
     raise LuaError(f"the latent has {channels} channels ({made}) but {handle.name} is a {has}-channel "
-                   f"{handle.upscaler.family} upscaler ({families_with_channels(has) or 'other latents'}). In Load LUA "
-                   f"Model, pick an upscaler for {channels}-channel latents, or connect your MODEL to its model "
-                   "input and choose 'auto'.")
+                   f"{handle.family_label()} upscaler ({handle.made_for()}). In Load LUA Model, pick an upscaler "
+                   f"for {channels}-channel latents, or connect your MODEL to its model input and choose 'auto'.")
 
 
-def pick_format(choice: str, handle: LUAModelHandle, channels: int) -> str | None:
+def pick_format(choice: str, handle: LUAModelHandle, channels: int, video: bool = False) -> str | None:
     """The latent format to pass on: the node's choice, else the loader's MODEL; errors when a model
-    that needs one (LSSGen) gets none, or when it contradicts the latent's channel count."""
+    that needs one (LSSGen) gets none, when it contradicts the latent's channel count, or when the file
+    was made for other latents (also said by the latent itself: ComfyUI's 16-channel 5-D latents come from
+    a video VAE, Wan 2.1's for Qwen-Image, never from FLUX's or SD3's)."""
     if choice not in LATENT_FORMATS:
         raise LuaError(f"latent_format must be one of {', '.join(LATENT_FORMATS)}, not {choice!r}.")
     fmt = handle.latent_format if choice == "auto" else choice
+    if fmt is None and video and channels == LATENT_SPACES["wan21"].channels and handle.fits \
+            and "wan21" not in handle.fits:
+        raise LuaError(f"this 5-D 16-channel latent comes from a video VAE (Wan 2.1's, which Qwen-Image uses, or "
+                       f"another video model's), but {handle.name} is a {handle.family_label()} upscaler made for "
+                       f"{handle.made_for()} latents: its output on these would be wrong. Connect your MODEL to "
+                       "Load LUA Model's model input and choose 'auto' there (or pick an upscaler for "
+                       "Qwen-Image/Wan 2.1), or set latent_format if this latent is not what it seems.")
     if fmt is None:
         if handle.upscaler.needs_latent_format:
             try:
@@ -129,6 +137,7 @@ def pick_format(choice: str, handle: LUAModelHandle, channels: int) -> str | Non
         where = "the MODEL connected to Load LUA Model" if choice == "auto" else f"latent_format={fmt}"
         raise LuaError(f"{where} says {space.label} ({space.channels}-channel latents) but the latent has {channels} "
                        "channels. Set latent_format to the model that made this latent.")
+    handle.check_format(fmt, "the MODEL connected to Load LUA Model" if choice == "auto" else f"latent_format={fmt}")
     return fmt
 
 

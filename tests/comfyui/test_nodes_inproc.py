@@ -463,7 +463,32 @@ def test_upscale_refuses_wrong_channels(comfy_inproc: harness.InProcComfy, upsca
         upscale(comfy_inproc, {"samples": torch.zeros(1, 4, 8, 8)}, handle)
     msg = str(err.value)
     assert msg.startswith("Latent Upscale (LUA): the latent has 4 channels (SDXL/SD1.5)")
-    assert "16-channel lua upscaler" in msg and "Load LUA Model" in msg and "auto" in msg
+    assert "16-channel LUA upscaler (FLUX/SD3)" in msg and "Load LUA Model" in msg and "auto" in msg
+
+
+@pytest.mark.comfyui
+def test_upscale_refuses_latents_the_file_was_not_made_for(comfy_inproc: harness.InProcComfy, upscale_dir: Path,
+                                                          lua_pack: ModuleType) -> None:
+    """The LUA FLUX file loaded without a MODEL runs on any 16-channel latent: the node refuses the ones it can
+    tell are not FLUX/SD3 latents (a 5-D latent, from a video VAE such as Qwen-Image's; latent_format set to
+    another 16-channel space), in the upscale node and in the progressive sampler's check, before any work."""
+    place_lua(upscale_dir)
+    handle = load(comfy_inproc, "lua_flux.pth")
+    assert handle.fits == ("flux", "sd3")
+    qwen = {"samples": torch.randn(1, 16, 1, 8, 8)}
+    with pytest.raises(ValueError, match=r"^Latent Upscale \(LUA\): this 5-D 16-channel latent comes from a video "
+                                         r"VAE .* lua_flux\.pth is a LUA upscaler made for FLUX/SD3 latents"):
+        upscale(comfy_inproc, qwen, handle)
+    with pytest.raises(ValueError, match=r"^Latent Upscale \(LUA\): latent_format=wan21 says Wan 2\.1 latents, but "
+                                         r"lua_flux\.pth is a LUA upscaler made for FLUX/SD3 latents"):
+        upscale(comfy_inproc, {"samples": torch.randn(1, 16, 8, 8)}, handle, latent_format="wan21")
+    # what it was made for still runs, 4-D and, said so, 5-D
+    assert upscale(comfy_inproc, {"samples": torch.randn(1, 16, 8, 8)}, handle)["samples"].shape == (1, 16, 16, 16)
+    assert upscale(comfy_inproc, qwen, handle, latent_format="flux")["samples"].shape == (1, 16, 1, 16, 16)
+    check = pack_module(lua_pack, "nodes.progressive_run").check_upscaler
+    with pytest.raises(ValueError, match=r"^this MODEL says Wan 2\.1 latents, but lua_flux\.pth is a LUA upscaler"):
+        check(handle, 16, 2.0, 2, with_latent_format("Wan21"))
+    check(handle, 16, 2.0, 2, with_latent_format("Flux"))
 
 
 @pytest.mark.comfyui
@@ -543,9 +568,16 @@ def test_non_native_scale_and_errors(comfy_inproc: harness.InProcComfy, upscale_
 
 @pytest.mark.comfyui
 def test_five_dim_latents_frame_by_frame(comfy_inproc: harness.InProcComfy, upscale_dir: Path) -> None:
-    """[B, C, T, H, W] (Qwen-Image makes T = 1; Wan 2.1 video more): every frame as an image, shape kept."""
-    place_lua(upscale_dir)
-    handle = load(comfy_inproc)
+    """[B, C, T, H, W] (Qwen-Image makes T = 1; Wan 2.1 video more): every frame as an image, shape kept. A LUA
+    trained on Wan 2.1 latents (the trainer records the VAE's latent format): the released FLUX file is refused
+    on these."""
+    from lua_core.checkpoints import save_checkpoint
+
+    model = make_lua(tiny_config())
+    save_checkpoint(model.state_dict(), upscale_dir / "lua_qwen.safetensors", family="lua", config=model.config_dict(),
+                    metadata={"latent_format": "wan21"})
+    handle = load(comfy_inproc, "lua_qwen.safetensors")
+    assert handle.fits == ("wan21",)
     video = torch.randn(2, 16, 1, 8, 6)
     out = upscale(comfy_inproc, {"samples": video}, handle)["samples"]
     assert tuple(out.shape) == (2, 16, 1, 16, 12)

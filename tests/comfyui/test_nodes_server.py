@@ -129,7 +129,7 @@ def test_four_channel_latent_into_lua_is_a_clear_error(server: harness.ComfyServ
     assert err["exception_type"] == "ValueError"
     msg = err["exception_message"]
     assert msg.startswith("Latent Upscale (LUA): the latent has 4 channels (SDXL/SD1.5)")
-    assert f"{LUA_FILE} is a 16-channel lua upscaler" in msg and "Load LUA Model" in msg
+    assert f"{LUA_FILE} is a 16-channel LUA upscaler (FLUX/SD3)" in msg and "Load LUA Model" in msg
 
 
 @pytest.mark.comfyui_server

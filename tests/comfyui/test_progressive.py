@@ -14,6 +14,7 @@ server with a generated LUA checkpoint in its ``latent_upscale_models`` folder.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import math
@@ -461,6 +462,13 @@ def test_errors_before_any_sampling(comfy_inproc: harness.InProcComfy, pack: Pac
                                          r"4.*Set scale to one it does"):
         comfy_inproc.run_node("LUA_ProgressiveSampler", **progressive_inputs(flow, empty_latent(flow), scale=5.0,
                                                                              upscale_model=handle))
+    # a 16-channel file made for Wan 2.1 (Qwen-Image) latents, loaded without a MODEL, and a FLUX MODEL
+    made_for_qwen = dataclasses.replace(handle, fits=("wan21",))
+    flux = tiny_model("Flux", "FLOW", rec)
+    with pytest.raises(ValueError, match=r"^LUA Progressive Sampler: this MODEL says FLUX latents, but tiny LUA is a "
+                                         r"LUA upscaler made for Wan 2\.1 latents"):
+        comfy_inproc.run_node("LUA_ProgressiveSampler", **progressive_inputs(flux, empty_latent(flux),
+                                                                             upscale_model=made_for_qwen))
     assert rec.calls == []
 
 
