@@ -80,6 +80,19 @@ def check_upscaler(upscale_model: LUAModelHandle | None, channels: int, scale: f
                          "does, or leave upscale_model unconnected to interpolate.") from None
 
 
+def check_final_size(height: int, width: int, stages: int, scale: float) -> None:
+    """Refuse, before any sampling, a plan whose last stage is larger than any ComfyUI node makes (the
+    widgets allow 6 stages at x4: a 128^2 latent would end at 131072^2 latent pixels, out of memory
+    only after the cheap stages ran)."""
+    import nodes as comfy_nodes
+
+    largest = comfy_nodes.MAX_RESOLUTION // 8  # in latent pixels (the /8 VAEs)
+    if max(height, width) > largest:
+        raise ValueError(f"{stages} stages at x{scale:g} would end at {height}x{width} latent pixels (about "
+                         f"{height * 8}x{width * 8} px), above ComfyUI's largest size ({comfy_nodes.MAX_RESOLUTION} "
+                         "px): lower stages or scale, or start from a smaller latent.")
+
+
 class _Bar:
     """One ComfyUI progress bar over all stages that only moves forward: adaptive samplers such as
     dpm_adaptive call back more (or fewer) times than a stage has steps, so a stage's callbacks are
@@ -125,6 +138,7 @@ def run_progressive(model: Any, positive: Any, negative: Any, latent: dict, *, s
     check_upscaler(upscale_model, samples.shape[1], scale, stages, model)
     plan = plan_stages(samples.shape[-2], samples.shape[-1], stages=stages, scale=scale, steps=steps,
                        stage_steps=stage_steps, strength=strength)
+    check_final_size(plan[-1].height, plan[-1].width, stages, scale)
     flux = flux_shift_per_stage and uses_flux_shift(model)
     batch_index = latent.get("batch_index")
     total = sum(stage.steps for stage in plan)

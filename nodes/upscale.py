@@ -42,7 +42,8 @@ class LatentUpscaleLUA(io.ComfyNode):
                     "scale", default=2.0, min=1.0, max=4.0, step=0.25,
                     tooltip=("Factor for width and height. LUA: x2 and x4 exactly, in between through the next "
                              "larger head resized down; city96: the factor in its file name; SesquiLSR and "
-                             "NNLatentUpscale: any from 1 to 2; LSSGen: x2, x4.")),
+                             "NNLatentUpscale: any from 1 to 2; LSSGen: x2, x4. 1 passes the latent through "
+                             "unchanged.")),
                 io.Combo.Input(
                     "latent_format", options=list(LATENT_FORMATS), default="auto",
                     tooltip=("Which model made the latent. auto: the MODEL connected to Load LUA Model. Needed by "
@@ -85,6 +86,7 @@ def upscale(samples: dict, handle: LUAModelHandle, scale: float, latent_format: 
                        "(or [batch, channels, frames, height, width]).")
     check_channels(latent.shape[1], handle)
     fmt = pick_format(latent_format, handle, latent.shape[1], video=latent.ndim == 5)
+    check_scale(scale, handle)
     images = latent.shape[0] * (latent.shape[2] if latent.ndim == 5 else 1)
     bar = comfy.utils.ProgressBar(images * 100)
     out = run_upscale(handle, latent, scale, latent_format=fmt, tile=tile or None,
@@ -107,6 +109,17 @@ def check_channels(channels: int, handle: LUAModelHandle) -> None:
     raise LuaError(f"the latent has {channels} channels ({made}) but {handle.name} is a {has}-channel "
                    f"{handle.family_label()} upscaler ({handle.made_for()}). In Load LUA Model, pick an upscaler "
                    f"for {channels}-channel latents, or connect your MODEL to its model input and choose 'auto'.")
+
+
+def check_scale(scale: float, handle: LUAModelHandle) -> None:
+    """A scale the file cannot do, refused with what to set instead (x1 passes any latent through)."""
+    if float(scale) == 1.0:
+        return
+    try:
+        handle.upscaler.plan_scale(float(scale))
+    except LuaError as e:
+        raise LuaError(f"{handle.name}: {e}. Set scale to one it does ({handle.upscaler.native_scales}), or in Load "
+                       f"LUA Model pick an upscaler that does x{scale:g}.") from None
 
 
 def pick_format(choice: str, handle: LUAModelHandle, channels: int, video: bool = False) -> str | None:

@@ -555,7 +555,9 @@ def test_non_native_scale_and_errors(comfy_inproc: harness.InProcComfy, upscale_
     same = upscale(comfy_inproc, {"samples": torch.randn(1, 16, 8, 8)}, lua, scale=1.0)["samples"]
     assert tuple(same.shape) == (1, 16, 8, 8)
     city = load(comfy_inproc, SDXL_X2)
-    with pytest.raises(ValueError, match=r"^Latent Upscale \(LUA\): this city96 upscaler does x2, not x1.5"):
+    with pytest.raises(ValueError, match=r"^Latent Upscale \(LUA\): latent-upscaler-v2\.1_SDxl-x2\.0\.safetensors: "
+                                         r"this city96 upscaler does x2, not x1.5\. Set scale to one it does "
+                                         r"\(x2\), or in Load LUA Model pick an upscaler that does x1\.5\.$"):
         upscale(comfy_inproc, {"samples": torch.randn(1, 4, 8, 8)}, city, scale=1.5)
     city15 = load(comfy_inproc, value_for(comfy_inproc, place_city96(upscale_dir, conformance,
                                                                      SDXL_X2.replace("2.0", "1.5")).name))

@@ -462,6 +462,18 @@ def test_errors_before_any_sampling(comfy_inproc: harness.InProcComfy, pack: Pac
                                          r"4.*Set scale to one it does"):
         comfy_inproc.run_node("LUA_ProgressiveSampler", **progressive_inputs(flow, empty_latent(flow), scale=5.0,
                                                                              upscale_model=handle))
+    # the widgets allow 6 stages at x4: from 8^2 that ends at 8192^2 latent pixels, beyond any ComfyUI size (a model
+    # that raises if sampled: without the check the run would go on to stages that exhaust memory)
+    never = tiny_model("SD3", "FLOW")
+
+    def sampled(apply: Any, args: dict) -> Any:
+        raise RuntimeError("sampled before the plan was refused")
+
+    never.set_model_unet_function_wrapper(sampled)
+    with pytest.raises(ValueError, match=r"^LUA Progressive Sampler: 6 stages at x4 would end at 8192x8192 latent "
+                                         r"pixels \(about 65536x65536 px\), above ComfyUI's largest size \(16384 px\)"):
+        comfy_inproc.run_node("LUA_ProgressiveSampler", **progressive_inputs(never, empty_latent(never), stages=6,
+                                                                             scale=4.0, stage_steps=""))
     # a 16-channel file made for Wan 2.1 (Qwen-Image) latents, loaded without a MODEL, and a FLUX MODEL
     made_for_qwen = dataclasses.replace(handle, fits=("wan21",))
     flux = tiny_model("Flux", "FLOW", rec)
