@@ -7,7 +7,8 @@ Public API (stable; the ComfyUI nodes, the CLI and other tools use exactly these
   ``save_model``, ``convert_checkpoint``, ``ensure_safetensors``, ``LatentUpscaler`` (their type,
   with the capabilities each family declares), ``Scales``, ``cpu_auto_dtype`` (what ``dtype=auto`` means
   on this CPU, and why)
-* files: ``describe(path)`` (what a file is, from its header), ``file_stamp``, ``DIFFUSERS_WEIGHTS``
+* files: ``describe(path)`` (what a file is, from its header), ``file_stamp``, ``DIFFUSERS_WEIGHTS``,
+  ``conversion_source`` (the pickle a safetensors file was converted from, when both are there)
 * families and latent formats: ``FAMILIES``, ``Family``, ``family_by_name``, ``LATENT_SPACES``,
   ``LatentSpace``, ``format_name``, ``families_with_channels``
 * downloads: ``KNOWN``, ``KnownCheckpoint``, ``known_checkpoints``, ``find_known``, ``fetch``,
@@ -36,7 +37,7 @@ _LAZY = {
     "LatentUpscaler": ".archs.base",
     "cpu_auto_dtype": ".precision",
     "describe": ".probe", "file_stamp": ".probe", "FileDescription": ".probe",
-    "DIFFUSERS_WEIGHTS": ".checkpoints",
+    "DIFFUSERS_WEIGHTS": ".checkpoints", "conversion_source": ".checkpoints",
     "KNOWN": ".hub", "KnownCheckpoint": ".hub", "known_checkpoints": ".hub", "find_known": ".hub",
     "fetch": ".hub", "kept_conversion": ".hub",
 }

@@ -251,6 +251,22 @@ def converted_path(src: str | os.PathLike) -> Path:
     return p.with_suffix(".safetensors")
 
 
+def conversion_source(dst: str | os.PathLike) -> Path | None:
+    """The pickle beside ``dst`` that ``dst`` is the current safetensors conversion of, or None (not a
+    conversion, its pickle is gone, or the pickle changed since). Lets a model list show the two as one."""
+    p = Path(dst)
+    if p.suffix.lower() != ".safetensors" or not p.is_file():
+        return None
+    try:
+        name = read_metadata(p).get(META_SOURCE)
+    except (OSError, ValueError):
+        return None
+    if not name or Path(name).name != name:
+        return None
+    src = p.with_name(name)
+    return src if src.is_file() and is_current_conversion(src, p) else None
+
+
 def is_current_conversion(src: str | os.PathLike, dst: str | os.PathLike) -> bool:
     """True when dst was converted from src as it is now (same name, size and mtime)."""
     if not Path(dst).is_file():

@@ -39,6 +39,7 @@ from ..lua_core import (
     KnownCheckpoint,
     LuaError,
     Scales,
+    conversion_source,
     describe,
     families_with_channels,
     find_known,
@@ -189,6 +190,12 @@ def local_choices() -> list[Choice]:
         choice = local_choice(path, name)
         if choice is not None:
             out[name] = choice
+    # a pickle and its conversion are one model: the list shows the pickle's name (what was downloaded or put
+    # there) and does not grow after the first load converts it; a value naming the conversion still loads
+    for name, choice in list(out.items()):
+        src = conversion_source(choice.path) if choice.path is not None else None
+        if src is not None and name.rpartition("/")[0] + ("/" if "/" in name else "") + src.name in out:
+            del out[name]
     return [out[k] for k in sorted(out, key=str.lower)]
 
 

@@ -252,6 +252,25 @@ def test_dropdown_lists_auto_local_files_and_downloads(comfy_inproc: harness.InP
 
 
 @pytest.mark.comfyui
+def test_a_pickle_and_its_conversion_are_one_entry(comfy_inproc: harness.InProcComfy, upscale_dir: Path) -> None:
+    """Loading a pickle converts it once to safetensors beside it: the dropdown keeps one entry (the pickle's
+    name) instead of growing after the first run, and a value naming the conversion still loads. A same-stem
+    safetensors that is not its conversion, or a conversion whose pickle is gone, is listed."""
+    place_lua(upscale_dir)
+    place_lua(upscale_dir / "sub", name="other.pth")
+    before = options(comfy_inproc)
+    load(comfy_inproc, "lua_flux.pth")
+    load(comfy_inproc, "sub/other.pth")
+    assert (upscale_dir / "lua_flux.safetensors").is_file() and (upscale_dir / "sub" / "other.safetensors").is_file()
+    assert options(comfy_inproc) == before
+    assert load(comfy_inproc, "lua_flux.safetensors").name == "lua_flux.safetensors"
+    (upscale_dir / "sub" / "other.pth").unlink()  # the pickle deleted to save space: the conversion is the entry
+    assert any(o.startswith("sub/other.safetensors [LUA") for o in options(comfy_inproc))
+    os.utime(upscale_dir / "lua_flux.pth", ns=(1, 1))  # the pickle changed since: not its conversion any more
+    assert any(o.startswith("lua_flux.safetensors [LUA") for o in options(comfy_inproc))
+
+
+@pytest.mark.comfyui
 def test_saved_values_keep_working(comfy_inproc: harness.InProcComfy, upscale_dir: Path,
                                    conformance: Callable[[str], Path]) -> None:
     """The label is decoration: old labels, no label, or the folder's inner file all name the entry;
