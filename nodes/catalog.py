@@ -367,8 +367,6 @@ def auto_choice(choices: list[Choice], fmt: str | None, channels: int | None) ->
     1. local files of unknown make (no registry name, no metadata) that do x2;
     2. downloads made for this format;
     3. local files made for it that cannot do x2 (e.g. city96 x1.5: it would fail at the default);
-    4. local files made for another format with the same channel count (a last resort).
-
     4. local files made for a neighbouring format (SD1.5 for SDXL and back), and local files of
        unknown make whose channel count fits several latent spaces (a 16-channel file could be for
        FLUX, SD3, Wan 2.1 or CogView4): a last resort.
