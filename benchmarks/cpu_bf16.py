@@ -39,12 +39,13 @@ work done, and compare ratios from one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -80,6 +81,19 @@ def lua_model(dtype: torch.dtype) -> LUA:
     return model.to(dtype=dtype)
 
 Timing = tuple[float, float]  # (wall s, CPU s), medians
+
+
+@contextlib.contextmanager
+def swapped(**values: object) -> Iterator[None]:
+    """``lua_core.archs.lua.attention``'s switches (``ONEDNN_LINEAR_ON=()``, ``window_sdpa=fn``) set for a block."""
+    saved = {name: getattr(lua_attention, name) for name in values}
+    for name, value in values.items():
+        setattr(lua_attention, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(lua_attention, name, value)
 
 
 def alternate(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, Timing]:
@@ -217,19 +231,16 @@ def epilogue(args: argparse.Namespace) -> None:
     size = max(args.sizes)
     model = lua_model(torch.bfloat16)
     x = torch.randn(1, 16, size, size, dtype=torch.bfloat16)
-    saved = lua_attention.BIAS_IN_GEMM_ON, lua_attention.ONEDNN_LINEAR_ON
+    plain = lua_attention.BIAS_IN_GEMM_ON
 
     def run(flags: tuple[str, ...]) -> Callable[[], object]:
         def fn() -> object:
             # torch's mm path on both sides (oneDNN's fused linears, the default, take precedence)
-            lua_attention.BIAS_IN_GEMM_ON, lua_attention.ONEDNN_LINEAR_ON = flags, ()
-            try:
+            with swapped(BIAS_IN_GEMM_ON=flags, ONEDNN_LINEAR_ON=()):
                 return model(x, "x2")
-            finally:
-                lua_attention.BIAS_IN_GEMM_ON, lua_attention.ONEDNN_LINEAR_ON = saved
         return fn
 
-    fns = {"mm + separate bias adds": run(saved[0]), "qkv, fc1 bias via addmm": run((*saved[0], "cpu:bfloat16"))}
+    fns = {"mm + separate bias adds": run(plain), "qkv, fc1 bias via addmm": run((*plain, "cpu:bfloat16"))}
     with torch.inference_mode():
         a, b = (fn() for fn in fns.values())
         res = alternate(fns, args.repeat)
@@ -247,11 +258,8 @@ def onednn(args: argparse.Namespace) -> None:
 
     def run(flags: tuple[str, ...]) -> Callable[[], torch.Tensor]:
         def fn() -> torch.Tensor:
-            lua_attention.ONEDNN_LINEAR_ON = flags
-            try:
+            with swapped(ONEDNN_LINEAR_ON=flags):
                 return model(x, "x2")
-            finally:
-                lua_attention.ONEDNN_LINEAR_ON = saved
         return fn
 
     fns = {"oneDNN fused qkv and fc1+GELU (the default)": run(saved), "torch mm + bias/GELU passes": run(())}
@@ -281,18 +289,12 @@ def floor(args: argparse.Namespace, rates: dict[torch.dtype, float]) -> None:
         return torch.empty(v.shape[0], v.shape[2], v.shape[1], v.shape[3], dtype=v.dtype).transpose(1, 2)
 
     def without_attention() -> torch.Tensor:
-        lua_attention.window_sdpa = free
-        try:
+        with swapped(window_sdpa=free):
             return m16(xb, "x2")
-        finally:
-            lua_attention.window_sdpa = plain
 
     with torch.inference_mode():
-        lua_attention.window_sdpa = counting
-        try:
+        with swapped(window_sdpa=counting):
             m16(xb, "x2")
-        finally:
-            lua_attention.window_sdpa = plain
         res = alternate({"baseline fp32": lambda: baseline_forward(m32, x, "x2"), "ours bf16": lambda: m16(xb, "x2"),
                          "ours bf16, attention a free stand-in": without_attention}, args.repeat)
     show(f"floor: {size}^2 x2, bf16, attention against the rest (s)", res, "baseline fp32", 1, "s")
