@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -244,11 +245,11 @@ def test_a_rerun_deletes_the_send_a_killed_run_superseded(comfy_server: harness.
     out = tmp_path / "out"
     out.mkdir()
     comfy_server.post_prompt(sleep_prompt(seconds=3.0, width=72), client_id="someone else")  # keeps the queue busy
-    old = f"old-{time.time_ns()}"
+    old = str(uuid.uuid4())  # ComfyUI 0.33 takes only canonical UUIDs as client-chosen prompt ids
     comfy_server.post_prompt(wf, client_id="killed run", prompt_id=old)
     journal = [{"key": prompt_key(wf), "prompt_id": old, "client_id": "killed run", "server": comfy_server.url,
                 "attempt": 1},
-               {"key": prompt_key(wf), "prompt_id": f"new-{time.time_ns()}", "client_id": "killed run",
+               {"key": prompt_key(wf), "prompt_id": str(uuid.uuid4()), "client_id": "killed run",
                 "server": comfy_server.url, "attempt": 2}]
     (out / "manifest.pending.jsonl").write_text("".join(json.dumps(r) + "\n" for r in journal))
     run = cli(*cli_args(path, comfy_server, out))
