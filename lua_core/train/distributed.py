@@ -81,6 +81,11 @@ def process_group(device: str) -> Iterator[str]:
     dev = setup(device)
     try:
         yield dev
+        if joined:
+            # leave together: a rank that tore gloo down while rank 0 was still writing the final file
+            # aborted once at exit ("terminate called without an active exception", exit -6, CI run of
+            # 2026-12-02) though its work was done; after an error no barrier (the others may never come)
+            barrier()
     finally:
         if joined:
             teardown()

@@ -202,6 +202,11 @@ async function checkTemplates(session, module, outDir) {
   await nav.waitFor({ timeout: 15000 });
   await nav.click();
   await page.waitForTimeout(1500);
+  // then until every card's thumbnail has loaded (a fixed wait once caught one still loading on a busy host);
+  // on timeout the report says which did not load
+  await page.waitForFunction(() => Array.from(document.querySelectorAll('[data-testid^="template-workflow-"]'))
+    .every((card) => { const img = card.querySelector('img'); return !!img && img.complete && img.naturalWidth > 0; }),
+  null, { timeout: 15000 }).catch(() => {});
   const cards = await page.evaluate(() => Array.from(document.querySelectorAll('[data-testid^="template-workflow-"]'))
     .map((card) => {
       const img = card.querySelector('img');
