@@ -24,11 +24,12 @@ their name is one the registry knows.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..lua_core import (
@@ -191,10 +192,15 @@ def local_choices() -> list[Choice]:
         if choice is not None:
             out[name] = choice
     # a pickle and its conversion are one model: the list shows the pickle's name (what was downloaded or put
-    # there) and does not grow after the first load converts it; a value naming the conversion still loads
+    # there) and does not grow after the first load converts it; a value naming the conversion still loads.
+    # Only a .safetensors beside another entry of the same stem can be one: no header is read for the others
+    stems = collections.Counter(PurePosixPath(name).with_suffix("") for name in out)
     for name, choice in list(out.items()):
-        src = conversion_source(choice.path) if choice.path is not None else None
-        if src is not None and name.rpartition("/")[0] + ("/" if "/" in name else "") + src.name in out:
+        p = PurePosixPath(name)
+        if p.suffix.lower() != ".safetensors" or stems[p.with_suffix("")] < 2 or choice.path is None:
+            continue
+        src = conversion_source(choice.path)
+        if src is not None and str(p.with_name(src.name)) in out:
             del out[name]
     return [out[k] for k in sorted(out, key=str.lower)]
 

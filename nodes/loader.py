@@ -109,12 +109,11 @@ def load(model_name: str, dtype: str = "auto", model: Any = None) -> LUAModelHan
     path = materialise(choice)
     patcher = cached_patcher(path, torch_dtype)
     upscaler = patcher.model.upscaler
+    loaded = catalog.loaded_choice(choice, upscaler)  # what the loaded file itself says (a pickle's keys, its config)
     if channels is not None and upscaler.latent_channels != channels:  # a file whose header told nothing
-        loaded = catalog.loaded_choice(choice, upscaler)
         raise LuaError(mismatch_message(loaded.describe(), upscaler.latent_channels, fmt, channels, local))
     if fmt is not None:
-        loaded = catalog.loaded_choice(choice, upscaler)
-        if not catalog.takes(loaded, fmt):  # what the loaded file itself says (a pickle's keys, its config)
+        if not catalog.takes(loaded, fmt):
             raise LuaError(format_mismatch_message(loaded, fmt, local))
         upscaler.check_latent_format(fmt)
     family = family_by_name(upscaler.family)
@@ -126,7 +125,7 @@ def load(model_name: str, dtype: str = "auto", model: Any = None) -> LUAModelHan
         info["license"] = catalog.RESEARCH_USE
     elif choice.license:
         info["license"] = choice.license
-    return LUAModelHandle(patcher, choice.name, fmt, info, fits=catalog.loaded_choice(choice, upscaler).fits)
+    return LUAModelHandle(patcher, choice.name, fmt, info, fits=loaded.fits)
 
 
 def model_latent(model: Any) -> tuple[str | None, int | None]:

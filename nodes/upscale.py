@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..lua_core import LATENT_SPACES, LuaError
+from .catalog import fits_format
 from .handle import LUAModel, LUAModelHandle, run_upscale
 
 NODE_ID = "LUA_LatentUpscale"
@@ -130,8 +131,8 @@ def pick_format(choice: str, handle: LUAModelHandle, channels: int, video: bool 
     if choice not in LATENT_FORMATS:
         raise LuaError(f"latent_format must be one of {', '.join(LATENT_FORMATS)}, not {choice!r}.")
     fmt = handle.latent_format if choice == "auto" else choice
-    if fmt is None and video and channels == LATENT_SPACES["wan21"].channels and handle.fits \
-            and "wan21" not in handle.fits:
+    where = "the MODEL connected to Load LUA Model" if choice == "auto" else f"latent_format={fmt}"
+    if fmt is None and video and channels == LATENT_SPACES["wan21"].channels and not fits_format(handle.fits, "wan21"):
         raise LuaError(f"this 5-D 16-channel latent comes from a video VAE (Wan 2.1's, which Qwen-Image uses, or "
                        f"another video model's), but {handle.name} is a {handle.family_label()} upscaler made for "
                        f"{handle.made_for()} latents: its output on these would be wrong. Connect your MODEL to "
@@ -147,10 +148,9 @@ def pick_format(choice: str, handle: LUAModelHandle, channels: int, video: bool 
         return None
     space = LATENT_SPACES[fmt]
     if space.channels != channels:
-        where = "the MODEL connected to Load LUA Model" if choice == "auto" else f"latent_format={fmt}"
         raise LuaError(f"{where} says {space.label} ({space.channels}-channel latents) but the latent has {channels} "
                        "channels. Set latent_format to the model that made this latent.")
-    handle.check_format(fmt, "the MODEL connected to Load LUA Model" if choice == "auto" else f"latent_format={fmt}")
+    handle.check_format(fmt, where)
     return fmt
 
 

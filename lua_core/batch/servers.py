@@ -151,12 +151,13 @@ def server_specs(servers: Sequence[str] | str | None = None, servers_file: str |
         specs = [ServerSpec(_check_url(os.environ.get("COMFYUI_URL") or DEFAULT_SERVER, "$COMFYUI_URL"))]
     seen: dict[tuple[str, str, int, str], ServerSpec] = {}
     for spec in specs:
-        first = seen.get(server_identity(spec.url))
+        key = server_identity(spec.url)
+        first = seen.get(key)
         if first is not None:
             same = spec.url if first.url == spec.url else f"{first.url} (= {spec.url})"
             raise BatchError(f"server {same} is given twice ({first.source} and {spec.source}); "
                              "give each server once")
-        seen[server_identity(spec.url)] = spec
+        seen[key] = spec
     return specs
 
 
